@@ -1,0 +1,176 @@
+"""Assign every image to a class of each head, with a confidence and an embedding."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.checkpoint import load_checkpoint
+from core.config import TrainConfig
+from core.run_files import RunFiles
+from data.cache import ImageCache, SkippedFile, iter_decoded
+from data.transforms import normalize
+from models.self_classifier import SelfClassifier, build_model
+
+logger = logging.getLogger(__name__)
+
+ASSIGN_BATCH = 256
+
+
+@dataclass
+class Assignment:
+    """Per-image results, one row per entry of ``paths``.
+
+    ``classes`` and ``confidences`` are (num_images, num_heads); a
+    confidence is the softmax probability of the chosen class, with the
+    logits divided by the training row temperature. ``embeddings`` is
+    (num_images, embedding_dim), memory-mapped from ``embeddings_path``.
+    """
+
+    paths: list[str]
+    classes: np.ndarray
+    confidences: np.ndarray
+    embeddings: np.ndarray
+    skipped: list[SkippedFile]
+
+
+def load_trained_model(run_dir: Path, device: torch.device) -> tuple[SelfClassifier, TrainConfig]:
+    """Load the model and settings of a run directory for inference.
+
+    Raises:
+        ValueError: if the run has no checkpoint or settings.
+    """
+    files = RunFiles(run_dir)
+    if not files.config.exists() or not files.checkpoint.exists():
+        raise ValueError(
+            f"{run_dir} is not a trained run: config.json or checkpoint.pt is missing. "
+            "Train it first with: python -m core train FOLDER --out " + str(run_dir)
+        )
+    config = TrainConfig.load(files.config)
+    model = build_model(
+        config.backbone, config.image_size, config.class_counts,
+        config.embedding_dim, config.hidden_dim, config.hidden_layers,
+    )
+    checkpoint = load_checkpoint(files.checkpoint)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device, memory_format=torch.channels_last).eval(), config
+
+
+def assign_cache(
+    model: SelfClassifier, cache: ImageCache, row_tau: float, embeddings_path: Path, device: torch.device
+) -> Assignment:
+    """Assign the images of a decoded-image cache."""
+    batches = (
+        (np.arange(start, min(start + ASSIGN_BATCH, len(cache))),
+         torch.from_numpy(np.array(cache.images[start:start + ASSIGN_BATCH])))
+        for start in range(0, len(cache), ASSIGN_BATCH)
+    )
+    return _assign(model, batches, cache.paths, cache.skipped, row_tau, embeddings_path, device)
+
+
+def assign_folder(
+    model: SelfClassifier,
+    root: Path,
+    paths: Sequence[str],
+    image_size: int,
+    row_tau: float,
+    embeddings_path: Path,
+    device: torch.device,
+    workers: int,
+) -> Assignment:
+    """Decode and assign the images ``paths`` under ``root``, streaming them in batches.
+
+    Files that cannot be decoded are logged and returned in ``skipped``.
+    """
+    kept: list[str] = []
+    skipped: list[SkippedFile] = []
+
+    def batches() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        pending: list[np.ndarray] = []
+        for index, image, reason in iter_decoded(root, paths, image_size, workers):
+            if image is None:
+                logger.warning("Skipping %s: %s", paths[index], reason)
+                skipped.append(SkippedFile(paths[index], reason))
+                continue
+            kept.append(paths[index])
+            pending.append(image)
+            if len(pending) == ASSIGN_BATCH:
+                yield np.arange(len(kept) - len(pending), len(kept)), torch.from_numpy(np.stack(pending))
+                pending = []
+        if pending:
+            yield np.arange(len(kept) - len(pending), len(kept)), torch.from_numpy(np.stack(pending))
+
+    # Rows are only known once decoded, so the count of paths is an upper bound.
+    result = _assign(model, batches(), kept, skipped, row_tau, embeddings_path, device, capacity=len(paths))
+    return result
+
+
+@torch.no_grad()
+def _assign(
+    model: SelfClassifier,
+    batches: Iterator[tuple[np.ndarray, torch.Tensor]],
+    paths: list[str],
+    skipped: list[SkippedFile],
+    row_tau: float,
+    embeddings_path: Path,
+    device: torch.device,
+    capacity: int | None = None,
+) -> Assignment:
+    """Run ``batches`` of (row numbers, (batch, S, S, 3) uint8 images) through the model."""
+    capacity = capacity if capacity is not None else len(paths)
+    num_heads = len(model.heads)
+    embedding_dim = model.heads[0].weight.shape[1]
+    classes = np.zeros((capacity, num_heads), dtype=np.int64)
+    confidences = np.zeros((capacity, num_heads), dtype=np.float32)
+    partial = embeddings_path.with_name(embeddings_path.stem + ".partial.npy")
+    embeddings = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                           shape=(max(capacity, 1), embedding_dim))
+
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast, tqdm(total=capacity, desc="assign", unit="img", leave=False) as bar:
+        for rows, images in batches:
+            pixels = normalize(images.to(device).permute(0, 3, 1, 2).float().div_(255))
+            embedding = model.embed(pixels.contiguous(memory_format=torch.channels_last))
+            for head, logits in enumerate(model.classify(embedding)):
+                probabilities = torch.softmax(logits.float() / row_tau, dim=1)
+                confidence, chosen = probabilities.max(dim=1)
+                classes[rows, head] = chosen.cpu().numpy()
+                confidences[rows, head] = confidence.cpu().numpy()
+            embeddings[rows] = embedding.float().cpu().numpy()
+            bar.update(len(rows))
+
+    count = len(paths)
+    embeddings.flush()
+    del embeddings
+    _finish_embeddings(partial, embeddings_path, count, embedding_dim)
+    return Assignment(
+        paths=list(paths),
+        classes=classes[:count],
+        confidences=confidences[:count],
+        embeddings=np.load(embeddings_path, mmap_mode="r"),
+        skipped=list(skipped),
+    )
+
+
+def _finish_embeddings(partial: Path, final: Path, count: int, dim: int) -> None:
+    """Move the first ``count`` rows of ``partial`` into ``final`` (an .npy file)."""
+    source = np.load(partial, mmap_mode="r")
+    if source.shape[0] == count:
+        del source
+        partial.replace(final)
+        return
+    temporary = final.with_name(final.stem + ".tmp.npy")
+    target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(count, dim))
+    for start in range(0, count, 65536):
+        target[start:start + 65536] = source[start:start + 65536]
+    target.flush()
+    del target, source
+    temporary.replace(final)
+    partial.unlink()

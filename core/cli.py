@@ -1,0 +1,143 @@
+"""Command-line interface: ``python -m core {label,train,assign,evaluate}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from core import distributed, jobs
+from core.config import DEVICES, TrainConfig
+from core.evaluate import evaluate_run
+from core.logs import setup_logging
+from core.run_files import RunFiles
+from core.train import TrainingDivergedError
+from models.backbones import BACKBONES
+
+logger = logging.getLogger("core")
+
+# CLI option name -> TrainConfig field, for options whose names differ.
+_FIELD_OF_OPTION = {"classes": "class_counts", "lr": "base_lr", "nn_queue": "nn_queue_size"}
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Add the training settings; every default is TrainConfig's, so unset options stay unset."""
+    add = parser.add_argument
+    add("folder", type=Path, help="folder of images to label (sub-folders are searched too)")
+    add("--out", type=Path, required=True, help="run directory for the checkpoint, labels and logs")
+    add("--classes", type=int, nargs="+", metavar="C",
+        help="class count of each head; the first is the primary head (default: 10 20 40)")
+    add("--epochs", type=int, help="passes over the folder (default: 100)")
+    add("--time-budget", type=float, metavar="SECONDS",
+        help="stop training after this many seconds of training steps and still write labels (default: none)")
+    add("--batch-size", type=int, help="images per step over all processes (default: 256, or fewer if the folder is smaller)")
+    add("--backbone", choices=("auto",) + BACKBONES,
+        help="network before the projection; auto picks resnet10n on CPU and resnet18 on CUDA")
+    add("--image-size", type=int, metavar="PIXELS",
+        help="side of the global crops (default: the images' typical size, at most 64 on CPU and 224 on CUDA)")
+    add("--local-crops", type=int, help="number of small local crops per image (default: 0)")
+    add("--local-size", type=int, metavar="PIXELS", help="side of the local crops (default: 96/224 of the image size)")
+    add("--device", choices=DEVICES, help="where to train (default: auto, CUDA when available)")
+    add("--seed", type=int, help="random seed (default: 0)")
+    add("--workers", type=int, help="processes that decode images (default: number of cores, at most 8)")
+    add("--lr", type=float, help="peak learning rate for a batch of 256, scaled linearly with the batch (default: 0.5)")
+    add("--weight-decay", type=float, help="weight decay of the LARS optimiser (default: 1e-6)")
+    add("--warmup-fraction", type=float, help="fraction of training spent warming up the learning rate (default: 0.05)")
+    add("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm to this value; 0 disables (default: 0)")
+    add("--nn-queue", type=int, metavar="SIZE",
+        help="length of the nearest-neighbour queue; 0 disables the augmentation (default: 0)")
+    add("--row-tau", type=float, help="temperature of the softmax over classes (default: 0.1)")
+    add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
+    add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")
+    add("--hidden-dim", type=int, help="width of the projection MLP's hidden layers (default: 2048)")
+    add("--hidden-layers", type=int, help="hidden layers in the projection MLP (default: 2)")
+    add("--sync-batchnorm", action="store_true", default=None,
+        help="synchronise BatchNorm statistics across processes in distributed training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Label an image folder without labels by training a Self-Classifier network.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    label = commands.add_parser("label", help="train on a folder, then assign its images and write labels.csv")
+    _add_training_options(label)
+    train = commands.add_parser("train", help="train only; resumes if the run directory has a checkpoint")
+    _add_training_options(train)
+
+    assign = commands.add_parser("assign", help="label a folder with a trained run")
+    assign.add_argument("run", type=Path, help="run directory of a trained run")
+    assign.add_argument("folder", type=Path, nargs="?", help="folder to label (default: the run's own folder)")
+    assign.add_argument("--csv", type=Path, help="where to write the labels (default: RUN/labels.csv)")
+    assign.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
+    assign.add_argument("--workers", type=int, help="processes that decode images (default: the run's setting)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score labels.csv against parent-folder names (when they are the true classes)"
+    )
+    evaluate.add_argument("run", type=Path, help="run directory holding labels.csv")
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """Return the TrainConfig fields set on the command line, by field name."""
+    skip = {"command", "folder", "out", "verbose"}
+    overrides = {}
+    for option, value in vars(args).items():
+        if option in skip or value is None:
+            continue
+        field = _FIELD_OF_OPTION.get(option, option)
+        overrides[field] = tuple(value) if field == "class_counts" else value
+    return overrides
+
+
+def _run_training(args: argparse.Namespace) -> None:
+    overrides = config_overrides(args)
+    config = TrainConfig(image_folder=str(args.folder), **overrides)
+    config = jobs.load_or_create_config(args.out, config, overrides)
+    if Path(config.image_folder).resolve() != args.folder.resolve():
+        raise ValueError(
+            f"{args.out} was trained on {config.image_folder}, not {args.folder}; use a new --out directory"
+        )
+    if args.command == "label":
+        jobs.label(config, args.out)
+    else:
+        jobs.train(config, args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    distributed.init_from_environment()
+    log_file = None
+    if args.command in ("label", "train"):
+        log_file = RunFiles(args.out).log
+    elif args.command == "assign":
+        log_file = RunFiles(args.run).log
+    setup_logging(log_file if distributed.is_main_process() else None, verbose=args.verbose)
+
+    try:
+        if args.command in ("label", "train"):
+            _run_training(args)
+        elif args.command == "assign":
+            jobs.assign(args.run, args.folder, args.csv, args.device, args.workers)
+        else:
+            report = evaluate_run(args.run)
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        logger.error("%s", error)
+        return 2
+    except TrainingDivergedError as error:
+        logger.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        logger.error("Interrupted. The last checkpoint is kept; run the same command again to resume.")
+        return 130
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,107 @@
+"""Settings of a training run, stored as ``config.json`` in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.backbones import BACKBONES
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run; ``0`` or ``"auto"`` means "choose from the data and machine".
+
+    ``resolve`` in ``core.setup`` replaces the automatic values, and the
+    resolved copy is what ``config.json`` stores, so a run can be repeated.
+    """
+
+    image_folder: str
+    class_counts: tuple[int, ...] = (10, 20, 40)
+    epochs: int = 100
+    time_budget: float = 0.0
+    batch_size: int = 0
+    backbone: str = "auto"
+    image_size: int = 0
+    local_crops: int = 0
+    local_size: int = 0
+    device: str = "auto"
+    seed: int = 0
+    workers: int = -1
+    base_lr: float = 0.5
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    warmup_fraction: float = 0.05
+    grad_clip: float = 0.0
+    row_tau: float = 0.1
+    col_tau: float = 0.05
+    eps: float = 1e-12
+    embedding_dim: int = 128
+    hidden_dim: int = 2048
+    hidden_layers: int = 2
+    nn_queue_size: int = 0
+    sync_batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        _check(len(self.class_counts) > 0, "at least one class count is needed, for example --classes 10")
+        for count in self.class_counts:
+            _check(count >= 2, f"every class count must be at least 2, got {count}")
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.time_budget >= 0, f"time budget must be >= 0 seconds, got {self.time_budget}")
+        _check(
+            self.batch_size == 0 or self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"
+        )
+        _check(
+            self.backbone == "auto" or self.backbone in BACKBONES,
+            f"unknown backbone {self.backbone!r}; choose auto or one of {', '.join(BACKBONES)}",
+        )
+        _check(self.image_size == 0 or self.image_size >= 16, f"image size must be >= 16, got {self.image_size}")
+        _check(self.local_crops >= 0, f"local crops must be >= 0, got {self.local_crops}")
+        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check(self.base_lr > 0, f"learning rate must be positive, got {self.base_lr}")
+        _check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(self.nn_queue_size >= 0, f"queue size must be >= 0, got {self.nn_queue_size}")
+        _check(self.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {self.grad_clip}")
+
+    @property
+    def primary_classes(self) -> int:
+        return self.class_counts[0]
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown settings in config: {', '.join(unknown)}")
+        values = dict(values)
+        values["class_counts"] = tuple(values.get("class_counts", cls.class_counts))
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read run settings from {path}: {error}") from error
+        return cls.from_dict(values)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

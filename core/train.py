@@ -1,0 +1,276 @@
+"""Training loop: epochs over the decoded-image cache, checkpoints, metrics, resume."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from core import distributed
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import TrainConfig
+from core.loss import SelfClassifierLoss
+from core.metrics_log import append_metrics, keep_epochs_up_to
+from core.nn_queue import NearestNeighbourQueue
+from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
+from core.run_files import RunFiles
+from data.cache import ImageCache, read_batch
+from data.transforms import AugmentConfig, MultiCropAugment
+from models.self_classifier import SelfClassifier, build_model
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainingState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    elapsed_seconds: float = 0.0
+    finished: bool = False
+
+
+class MultiViewForward(nn.Module):
+    """Run every view through the network and return each head's logits.
+
+    The nearest-neighbour swap of view 1 happens between the embedding and
+    the heads, so this wrapper (not the model) is what
+    DistributedDataParallel wraps.
+    """
+
+    def __init__(self, model: SelfClassifier, queue: NearestNeighbourQueue | None) -> None:
+        super().__init__()
+        self.model = model
+        self.queue = queue
+
+    def forward(
+        self, views: list[torch.Tensor], indices: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Return logits per head, each (num_views, batch, num_classes), and view 1's embeddings.
+
+        Args:
+            views: 2 global views (batch, 3, S, S), then local views (batch, 3, s, s).
+            indices: (batch,) dataset index of each image.
+        """
+        batch = views[0].shape[0]
+        embeddings = list(self.model.embed(torch.cat(views[:2])).split(batch))
+        if len(views) > 2:
+            embeddings += list(self.model.embed(torch.cat(views[2:])).split(batch))
+
+        view1 = embeddings[1]
+        if self.queue is not None and self.queue.is_full:
+            embeddings[1] = self.queue.nearest(view1.detach(), indices)
+
+        stacked = torch.stack(embeddings)
+        logits = [
+            head(stacked.flatten(0, 1)).view(len(views), batch, -1) for head in self.model.heads
+        ]
+        return logits, view1
+
+
+class Trainer:
+    """Train a SelfClassifier on cached images, writing checkpoints and metrics to a run directory.
+
+    Args:
+        config: resolved settings (no automatic values left).
+        cache: the decoded training images.
+        run_dir: where checkpoint.pt and metrics.jsonl go.
+        batch_size: images per step on this process.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self, config: TrainConfig, cache: ImageCache, run_dir: Path, batch_size: int, device: torch.device
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.files = RunFiles(run_dir)
+        self.batch_size = batch_size
+        self.device = device
+        self.steps_per_epoch = len(cache) // (batch_size * distributed.world_size())
+        self.state = TrainingState()
+
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed + distributed.rank())
+        self.model = self._build_model()
+        self.queue = (
+            NearestNeighbourQueue(config.nn_queue_size, config.embedding_dim) if config.nn_queue_size else None
+        )
+        self.forward = self._wrap(MultiViewForward(self.model, self.queue))
+        self.criterion = SelfClassifierLoss(config.row_tau, config.col_tau, config.eps)
+        self.optimizer = LARS(
+            parameter_groups(self.model), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.peak_lr = config.base_lr * batch_size * distributed.world_size() / 256
+        self.augment = MultiCropAugment(
+            AugmentConfig(config.image_size, config.local_size, config.local_crops)
+        )
+
+    def _build_model(self) -> SelfClassifier:
+        config = self.config
+        model = build_model(
+            config.backbone, config.image_size, config.class_counts,
+            config.embedding_dim, config.hidden_dim, config.hidden_layers,
+        )
+        return model.to(self.device, memory_format=torch.channels_last)
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if distributed.world_size() == 1:
+            return module
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module) if self.config.sync_batchnorm else module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    # Schedule and stopping
+
+    def progress(self) -> float:
+        """Fraction of training done, by steps or by the time budget, whichever is further."""
+        by_steps = self.state.step / max(1, self.config.epochs * self.steps_per_epoch)
+        if self.config.time_budget > 0:
+            return max(by_steps, self.state.elapsed_seconds / self.config.time_budget)
+        return by_steps
+
+    def _budget_spent(self) -> bool:
+        return self.config.time_budget > 0 and self.state.elapsed_seconds >= self.config.time_budget
+
+    # Training
+
+    def fit(self) -> TrainingState:
+        """Train until the epochs or the time budget are used up, resuming from a checkpoint if present."""
+        if self.files.checkpoint.exists():
+            self._resume()
+        if self.state.finished:
+            logger.info("Training already finished at epoch %d; nothing to do", self.state.epoch)
+            return self.state
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.cache)} images are fewer than one batch of {self.batch_size}")
+
+        self.model.train()
+        while self.state.epoch < self.config.epochs and not self._budget_spent():
+            record = self._train_epoch()
+            self.state.finished = self.state.epoch >= self.config.epochs or self._budget_spent()
+            self._save()
+            if distributed.is_main_process():
+                append_metrics(self.files.metrics, record)
+            logger.info(
+                "epoch %d: loss %.4f, %d classes in use, %.0f images/s",
+                record["epoch"], record["loss"], record["classes_in_use"], record["images_per_second"],
+            )
+        return self.state
+
+    def _train_epoch(self) -> dict:
+        started = time.perf_counter()
+        # The order depends only on the seed and the epoch, so every process
+        # draws the same one and a resumed run repeats it.
+        order = np.random.default_rng([self.config.seed, self.state.epoch]).permutation(len(self.cache))
+        order = _shard(order, self.steps_per_epoch * self.batch_size)
+        primary_counts = torch.zeros(self.config.primary_classes, dtype=torch.long)
+        losses = []
+
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.state.epoch + 1}",
+                   disable=not distributed.is_main_process(), leave=False)
+        for step in range(self.steps_per_epoch):
+            if self._budget_spent():
+                logger.info("Time budget of %.0f s spent; stopping", self.config.time_budget)
+                break
+            step_started = time.perf_counter()
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            loss, primary_logits = self._train_step(batch)
+            losses.append(loss)
+            primary_counts += torch.bincount(primary_logits.argmax(dim=1).cpu(),
+                                             minlength=self.config.primary_classes)
+            self.state.elapsed_seconds += time.perf_counter() - step_started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        bar.close()
+
+        self.state.epoch += 1
+        seconds = time.perf_counter() - started
+        images = len(losses) * self.batch_size * distributed.world_size()
+        return {
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "classes_in_use": int((primary_counts > 0).sum()),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
+            "elapsed_seconds": round(self.state.elapsed_seconds, 3),
+        }
+
+    def _train_step(self, batch: np.ndarray) -> tuple[float, torch.Tensor]:
+        indices, images = read_batch(self.cache, batch)
+        indices_tensor = torch.from_numpy(indices)
+        images = images.to(self.device, non_blocking=True)
+        views = [v.contiguous(memory_format=torch.channels_last) for v in self.augment(images, self.generator)]
+        set_learning_rate(self.optimizer, learning_rate(self.progress(), self.peak_lr,
+                                                        self.config.warmup_fraction))
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits, view1 = self.forward(views, indices_tensor)
+            loss = self.criterion(logits)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at step {self.state.step}; the last good checkpoint "
+                f"{self.files.checkpoint} is kept. Lower --lr or set --grad-clip, then run train again."
+            )
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        if self.queue is not None:
+            self.queue.push(distributed.gather(view1.detach().float()), distributed.gather(indices_tensor))
+        self.state.step += 1
+        return loss.item(), logits[0][0].detach()
+
+    # Checkpoints
+
+    def _save(self) -> None:
+        if not distributed.is_main_process():
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "training": vars(self.state).copy(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config.to_dict(),
+        }
+        if self.queue is not None:
+            state["queue"] = self.queue.state_dict()
+        save_checkpoint(self.files.checkpoint, state)
+
+    def _resume(self) -> None:
+        checkpoint = load_checkpoint(self.files.checkpoint, map_location=self.device)
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.state = TrainingState(**checkpoint["training"])
+        self.generator.set_state(checkpoint["generator"].cpu())
+        torch.set_rng_state(checkpoint["torch_rng"].cpu())
+        if self.queue is not None and "queue" in checkpoint:
+            self.queue.load_state_dict(checkpoint["queue"])
+        if self.state.epoch < self.config.epochs and not self._budget_spent():
+            self.state.finished = False
+        if distributed.is_main_process():
+            keep_epochs_up_to(self.files.metrics, self.state.epoch)
+        logger.info("Resuming from %s after epoch %d (step %d)",
+                    self.files.checkpoint, self.state.epoch, self.state.step)
+
+
+def _shard(order: np.ndarray, used: int) -> np.ndarray:
+    """Return this process's ``used`` images of a shuffled order: every world_size-th one."""
+    world = distributed.world_size()
+    return order[: used * world][distributed.rank()::world]

@@ -1,0 +1,135 @@
+"""Find the image files under a folder, in a reproducible order."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+)
+
+
+def scan_folder(root: Path) -> list[str]:
+    """Find every image file under ``root``, following symlinked folders.
+
+    Hidden files and folders (names starting with ".") and files whose suffix is not in
+    ``IMAGE_EXTENSIONS`` (compared case-insensitively) are ignored, and so are broken
+    symlinks. Each real folder is listed once: folders reached through their own path
+    are listed before any symlinked folder, so a symlink to a folder inside ``root``
+    adds nothing and a symlink loop ends. Unreadable subfolders are logged as warnings
+    and skipped.
+
+    Returns:
+        Paths relative to ``root`` with forward slashes, sorted as plain strings.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        NotADirectoryError: ``root`` is a file.
+        PermissionError: ``root`` itself cannot be listed.
+    """
+    _check_root(root)
+    found: list[str] = []
+    for folder, rel_folder, entries in _walk_folders(root):
+        found.extend(_image_files(folder, rel_folder, entries))
+
+    found.sort()
+    logger.info("Found %d image files under %s", len(found), root)
+    return found
+
+
+def ground_truth_label(rel_path: str) -> str:
+    """Return the name of the folder that contains ``rel_path`` ('' at the top level).
+
+    Only evaluation reads this label, because training never sees the folder names.
+    """
+    return PurePosixPath(rel_path).parent.name
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise FileNotFoundError(f"Image folder {root} does not exist. Check the path.")
+    if not root.is_dir():
+        raise NotADirectoryError(
+            f"Image folder {root} is a file, not a folder. Pass the folder that contains the images."
+        )
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise PermissionError(f"Image folder {root} cannot be read. Check its permissions.")
+
+
+def _walk_folders(root: Path) -> Iterator[tuple[str, str, list[os.DirEntry[str]]]]:
+    """List each real folder under ``root`` once, breadth first.
+
+    Yields (path, path relative to root, visible entries sorted by name) for each
+    folder. Symlinked folders wait in their own queue until every folder reachable
+    without a symlink is listed, so a folder keeps its own path when it has one.
+    """
+    visited: set[str] = set()
+    folders: deque[tuple[str, str, str]] = deque([(os.fspath(root), "", os.path.realpath(root))])
+    linked_folders: deque[tuple[str, str, str]] = deque()
+
+    while folders or linked_folders:
+        folder, rel_folder, real_folder = folders.popleft() if folders else linked_folders.popleft()
+        if real_folder in visited:
+            logger.debug("Skipping %s: folder %s is already listed", folder, real_folder)
+            continue
+        visited.add(real_folder)
+
+        entries = _list_visible(folder)
+        yield folder, rel_folder, entries
+
+        # Queue subfolders, resolving a path only where a symlink makes it differ
+        for entry in entries:
+            if not _is_dir(entry):
+                continue
+            rel_path = f"{rel_folder}{entry.name}/"
+            if entry.is_symlink():
+                linked_folders.append((entry.path, rel_path, os.path.realpath(entry.path)))
+            else:
+                folders.append((entry.path, rel_path, os.path.join(real_folder, entry.name)))
+
+
+def _list_visible(folder: str) -> list[os.DirEntry[str]]:
+    """Return the entries of ``folder`` not starting with ".", or [] if it cannot be read."""
+    try:
+        with os.scandir(folder) as iterator:
+            entries = [entry for entry in iterator if not entry.name.startswith(".")]
+    except OSError as exc:
+        logger.warning("Skipping unreadable folder %s: %s", folder, exc.strerror or exc)
+        return []
+    entries.sort(key=lambda entry: entry.name)
+    return entries
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        logger.warning("Skipping %s: %s", entry.path, exc.strerror or exc)
+        return False
+
+
+def _image_files(folder: str, rel_folder: str, entries: list[os.DirEntry[str]]) -> list[str]:
+    """Return the relative paths of the image files among ``entries``."""
+    images: list[str] = []
+    for entry in entries:
+        if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+            continue
+
+        # is_file follows symlinks, so a broken symlink is False here
+        try:
+            is_file = entry.is_file()
+        except OSError as exc:
+            logger.warning("Skipping %s: %s", entry.path, exc.strerror or exc)
+            continue
+        if not is_file:
+            logger.debug("Skipping %s in %s: not a regular file or a broken symlink", entry.name, folder)
+            continue
+
+        images.append(rel_folder + entry.name)
+    return images

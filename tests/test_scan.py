@@ -1,0 +1,138 @@
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from data.scan import IMAGE_EXTENSIONS, ground_truth_label, scan_folder
+
+
+def _touch(root: Path, *rel_paths: str) -> None:
+    for rel_path in rel_paths:
+        path = root / rel_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_extensions_are_lower_case_suffixes() -> None:
+    assert all(suffix.startswith(".") and suffix == suffix.lower() for suffix in IMAGE_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".heic", ".heif", ".tif", ".tiff", ".webp"} <= IMAGE_EXTENSIONS
+
+
+def test_scan_nested_sorted_posix(tmp_path: Path) -> None:
+    _touch(tmp_path, "zebra.jpeg", "b/x.JPG", "a/c/y.png", "a/c/z.Tiff", "B/w.heic", "a/top.webp")
+
+    found = scan_folder(tmp_path)
+
+    assert found == ["B/w.heic", "a/c/y.png", "a/c/z.Tiff", "a/top.webp", "b/x.JPG", "zebra.jpeg"]
+
+
+def test_scan_ignores_hidden_and_non_images(tmp_path: Path) -> None:
+    _touch(
+        tmp_path,
+        "keep.png",
+        ".hidden.jpg",
+        ".cache/inside.jpg",
+        "a/.thumbs/t.png",
+        "a/notes.txt",
+        "a/README",
+        "a/archive.jpg.zip",
+        "a/photo.gif",
+    )
+
+    found = scan_folder(tmp_path)
+
+    assert found == ["a/photo.gif", "keep.png"]
+
+
+def test_scan_skips_folder_named_like_image(tmp_path: Path) -> None:
+    _touch(tmp_path, "album.jpg/inner.png")
+
+    assert scan_folder(tmp_path) == ["album.jpg/inner.png"]
+
+
+def test_scan_empty_folder(tmp_path: Path) -> None:
+    assert scan_folder(tmp_path) == []
+
+
+def test_scan_symlink_loop_terminates(tmp_path: Path) -> None:
+    _touch(tmp_path, "a/one.jpg", "a/b/two.jpg")
+    (tmp_path / "a" / "b" / "up").symlink_to(tmp_path / "a", target_is_directory=True)
+    (tmp_path / "a" / "root").symlink_to(tmp_path, target_is_directory=True)
+
+    found = scan_folder(tmp_path)
+
+    assert found == ["a/b/two.jpg", "a/one.jpg"]
+
+
+def test_scan_symlinked_outside_folder_once(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    _touch(outside, "p.jpg", "deeper/q.png")
+    root.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "second_link").symlink_to(outside, target_is_directory=True)
+
+    found = scan_folder(root)
+
+    assert found == ["link/deeper/q.png", "link/p.jpg"]
+
+
+def test_scan_symlink_inside_root_keeps_real_path(tmp_path: Path) -> None:
+    # The link sorts before the real folder, but the real path still wins
+    _touch(tmp_path, "real/p.jpg")
+    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+
+    assert scan_folder(tmp_path) == ["real/p.jpg"]
+
+
+def test_scan_follows_file_symlink_skips_broken(tmp_path: Path) -> None:
+    _touch(tmp_path, "real.png")
+    (tmp_path / "linked.png").symlink_to(tmp_path / "real.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "broken_dir").symlink_to(tmp_path / "missing_dir", target_is_directory=True)
+
+    assert scan_folder(tmp_path) == ["linked.png", "real.png"]
+
+
+def test_scan_unreadable_subfolder_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _touch(tmp_path, "ok/a.jpg", "locked/b.jpg")
+    locked = os.fspath(tmp_path / "locked")
+    real_scandir = os.scandir
+
+    def scandir_denying_locked(path: str) -> object:
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_denying_locked)
+    with caplog.at_level(logging.WARNING, logger="data.scan"):
+        found = scan_folder(tmp_path)
+
+    assert found == ["ok/a.jpg"]
+    assert "locked" in caplog.text
+    assert "Permission denied" in caplog.text
+
+
+def test_scan_missing_root(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+
+    with pytest.raises(FileNotFoundError, match=r"Image folder .*nope does not exist"):
+        scan_folder(missing)
+
+
+def test_scan_file_root(tmp_path: Path) -> None:
+    _touch(tmp_path, "photo.jpg")
+
+    with pytest.raises(NotADirectoryError, match=r"photo\.jpg is a file, not a folder"):
+        scan_folder(tmp_path / "photo.jpg")
+
+
+@pytest.mark.parametrize(
+    ("rel_path", "label"),
+    [("cats/a.jpg", "cats"), ("animals/dogs/b.png", "dogs"), ("top.jpg", "")],
+)
+def test_ground_truth_label(rel_path: str, label: str) -> None:
+    assert ground_truth_label(rel_path) == label
