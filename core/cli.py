@@ -52,7 +52,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--row-tau", type=float, help="temperature of the softmax over classes (default: 0.1)")
     add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
     add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")
-    add("--hidden-dim", type=int, help="width of the projection MLP's hidden layers (default: 2048)")
+    add("--hidden-dim", type=int, help="width of the projection MLP's hidden layers (default: twice the backbone's feature size)")
     add("--hidden-layers", type=int, help="hidden layers in the projection MLP (default: 2)")
     add("--sync-batchnorm", action="store_true", default=None,
         help="synchronise BatchNorm statistics across processes in distributed training")

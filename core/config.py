@@ -42,7 +42,7 @@ class TrainConfig:
     col_tau: float = 0.05
     eps: float = 1e-12
     embedding_dim: int = 128
-    hidden_dim: int = 2048
+    hidden_dim: int = 0
     hidden_layers: int = 2
     nn_queue_size: int = 0
     sync_batchnorm: bool = False

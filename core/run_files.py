@@ -47,3 +47,43 @@ class RunFiles:
     @property
     def cache_dir(self) -> Path:
         return self.root / "cache"
+
+    @property
+    def diagnostics(self) -> Path:
+        return self.root / "diagnostics.json"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.root / "thumbnails"
+
+    @property
+    def embedding_map(self) -> Path:
+        """2-D UMAP coordinates, (num_images, 2) float32, in labels.csv row order."""
+        return self.root / "embedding_map.npy"
+
+    @property
+    def embedding_map_info(self) -> Path:
+        return self.root / "embedding_map.json"
+
+    @property
+    def index(self) -> Path:
+        """FAISS nearest-neighbour index over embeddings.npy."""
+        return self.root / "neighbours.faiss"
+
+    @property
+    def index_info(self) -> Path:
+        return self.root / "neighbours.json"
+
+    @property
+    def edits(self) -> Path:
+        return self.root / "edits.json"
+
+    @property
+    def train_pid(self) -> Path:
+        """Process id and command of a training process started in the background."""
+        return self.root / "train.pid"
+
+    @property
+    def train_output(self) -> Path:
+        """Standard output and error of a training process started in the background."""
+        return self.root / "train_output.log"

@@ -14,6 +14,7 @@ import torch
 from core.config import TrainConfig
 from data.cache import SkippedFile
 from data.images import read_image_size
+from models.backbones import backbone_feature_dim
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ def resolve_config(config: TrainConfig, root: Path, paths: Sequence[str]) -> Tra
     image_size = config.image_size or auto_image_size(root, paths, MAX_AUTO_IMAGE_SIZE[device])
     local_size = config.local_size or max(16, _round_to(image_size * 96 / 224, 8))
     workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
-    return config.replace(backbone=backbone, image_size=image_size, local_size=local_size, workers=workers)
+    hidden_dim = config.hidden_dim or 2 * backbone_feature_dim(backbone)
+    return config.replace(
+        backbone=backbone, image_size=image_size, local_size=local_size, workers=workers, hidden_dim=hidden_dim
+    )
 
 
 def auto_image_size(root: Path, paths: Sequence[str], max_size: int) -> int:

@@ -33,7 +33,7 @@ _WHITE = (255, 255, 255)
 
 
 class ImageLoadError(Exception):
-    """An image file that cannot be decoded. The message is the reason, for the user."""
+    """Error for an image file that cannot be read or decoded. Its message is the reason, for the user."""
 
 
 def _register_heif_opener() -> bool:
@@ -136,8 +136,8 @@ def _decode_first_frame(file: BinaryIO, path: Path) -> Image.Image:
     The returned image still reads from ``file`` for metadata, so keep it open until the
     image is copied.
     """
-    # NOTE: catch_warnings swaps the process-wide warning filters, so a thread that
-    # warns meanwhile may see the changed filter. Data loader workers are processes.
+    # NOTE: catch_warnings swaps the process-wide warning filters, so it is not
+    # thread-safe. Threads loading images at the same time may see each other's filter.
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

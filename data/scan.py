@@ -20,7 +20,7 @@ def scan_folder(root: Path) -> list[str]:
 
     Hidden files and folders (names starting with ".") and files whose suffix is not in
     ``IMAGE_EXTENSIONS`` (compared case-insensitively) are ignored, and so are broken
-    symlinks. Each real folder is listed once: folders reached through their own path
+    symlinks. Each real folder is listed once. Folders reached through their own path
     are listed before any symlinked folder, so a symlink to a folder inside ``root``
     adds nothing and a symlink loop ends. Unreadable subfolders are logged as warnings
     and skipped.
@@ -46,7 +46,7 @@ def scan_folder(root: Path) -> list[str]:
 def ground_truth_label(rel_path: str) -> str:
     """Return the name of the folder that contains ``rel_path`` ('' at the top level).
 
-    Only evaluation reads this label, because training never sees the folder names.
+    Only evaluation may call this, because training must not use the folder names.
     """
     return PurePosixPath(rel_path).parent.name
 

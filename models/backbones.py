@@ -36,6 +36,13 @@ NARROW_RESNETS = {"resnet10n": (32, 64, 128, 256)}
 BACKBONES = tuple(NARROW_RESNETS) + TORCHVISION_RESNETS
 
 
+def backbone_feature_dim(name: str) -> int:
+    """Return the feature dimension of a backbone without building it."""
+    if name in NARROW_RESNETS:
+        return NARROW_RESNETS[name][-1]
+    return 512 if name in ("resnet18", "resnet34") else 2048
+
+
 def build_backbone(name: str, image_size: int, weights: str | None = None) -> tuple[nn.Module, int]:
     """Build a backbone that maps (batch, 3, H, W) images to (batch, feature_dim) features.
 

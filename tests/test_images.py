@@ -360,7 +360,7 @@ def test_load_rgb_permission_denied(tmp_path: Path) -> None:
         load_rgb(path)
 
 
-def test_load_rgb_read_error_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_rgb_simulated_permission_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Runs as root too, where chmod cannot make a file unreadable
     def open_denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")

@@ -1,0 +1,166 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.cli import main
+from core.config import TrainConfig
+from core.jobs import prepare_images
+from core.labels_csv import read_labels_csv
+from core.metrics_log import read_metrics
+from core.run_files import RunFiles
+from core.train import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--batch-size", "16", "--classes", "4", "8", "--image-size", "32", "--workers", "0",
+        "--hidden-dim", "64"]
+
+
+def _plant_bad_files(folder: Path) -> dict[str, str]:
+    """Add files that cannot be decoded; return path -> expected words of the reason."""
+    real = next((folder / "airplane").iterdir()).read_bytes()
+    (folder / "airplane" / "truncated.jpg").write_bytes(real[: len(real) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image", encoding="utf-8")
+    return {"airplane/truncated.jpg": "truncated", "empty.png": "empty", "notes.jpg": "not an image"}
+
+
+def test_label_writes_complete_run(demo_folder, tmp_path):
+    bad = _plant_bad_files(demo_folder)
+    run = tmp_path / "run"
+
+    assert main(["label", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+
+    files = RunFiles(run)
+    table = read_labels_csv(files.labels)
+    assert len(table.paths) == 40
+    assert table.paths == sorted(table.paths)
+    assert not set(bad) & set(table.paths)
+    assert table.head_names == ["k4", "k8"]
+    assert table.classes.min() >= 0
+    assert (table.classes < np.array([4, 8])).all()
+    assert ((table.confidences >= 0) & (table.confidences <= 1)).all()
+    with open(files.labels, encoding="utf-8", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["path", "class", "confidence", "class_k4", "confidence_k4", "class_k8", "confidence_k8"]
+
+    embeddings = np.load(files.embeddings)
+    assert embeddings.shape == (40, 128)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-4)
+
+    with open(files.skipped, encoding="utf-8", newline="") as handle:
+        skipped = {row["path"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(skipped) == set(bad)
+    for path, words in bad.items():
+        assert words in skipped[path].lower()
+
+    assert len(read_metrics(files.metrics)) == 1
+    saved = json.loads(files.config.read_text())
+    assert saved["class_counts"] == [4, 8]
+    assert saved["image_folder"] == str(demo_folder)
+    assert files.log.read_text().count("Wrote 40 labels") == 1
+
+
+def test_label_reports_too_few_images(tmp_path, capsys):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    code = main(["label", str(folder), "--out", str(tmp_path / "run"), *FAST])
+    assert code == 2
+    assert "found 0 usable images" in capsys.readouterr().err
+
+
+def test_label_reports_empty_folder(tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    assert main(["label", str(folder), "--out", str(tmp_path / "run")]) == 2
+    assert "no image files found" in capsys.readouterr().err
+
+
+def test_batch_larger_than_folder_is_rejected(demo_folder, tmp_path, capsys):
+    code = main(["train", str(demo_folder), "--out", str(tmp_path / "run"), "--batch-size", "64", "--workers", "0"])
+    assert code == 2
+    errors = capsys.readouterr().err
+    assert "found 40 usable images" in errors
+    assert "--batch-size 40" in errors
+
+
+def test_resume_with_other_settings_is_rejected(demo_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", "--seed", "5", *FAST]) == 2
+    assert "seed=5" in capsys.readouterr().err
+
+
+def _config(folder: Path, epochs: int) -> TrainConfig:
+    return TrainConfig(image_folder=str(folder), class_counts=(4, 8), epochs=epochs, batch_size=16,
+                       image_size=32, workers=0, hidden_dim=64, nn_queue_size=32)
+
+
+def _fit(config: TrainConfig, run: Path) -> Trainer:
+    config, cache = prepare_images(config, run)
+    trainer = Trainer(config, cache, run, config.batch_size, torch.device("cpu"))
+    trainer.fit()
+    return trainer
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(demo_folder, tmp_path, monkeypatch):
+    straight = _fit(_config(demo_folder, 3), tmp_path / "straight")
+
+    interrupted_run = tmp_path / "interrupted"
+    original = Trainer._train_epoch
+    calls = {"count": 0}
+
+    def stop_in_second_epoch(self):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_config(demo_folder, 3), interrupted_run)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert [r["epoch"] for r in read_metrics(RunFiles(interrupted_run).metrics)] == [1]
+
+    resumed = _fit(_config(demo_folder, 3), interrupted_run)
+
+    records = read_metrics(RunFiles(interrupted_run).metrics)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert len(records) == len(read_metrics(RunFiles(tmp_path / "straight").metrics))
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert [r["loss"] for r in records] == pytest.approx(
+        [r["loss"] for r in read_metrics(RunFiles(tmp_path / "straight").metrics)], rel=1e-5
+    )
+
+
+def test_sigkill_mid_epoch_then_restart_finishes(demo_folder, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "core", "train", str(demo_folder), "--out", str(run),
+               "--epochs", "6", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = RunFiles(run).metrics
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_metrics(metrics)) < 1:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(read_metrics(metrics))
+    assert 1 <= done_before < 6
+
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+
+    assert [r["epoch"] for r in read_metrics(metrics)] == [1, 2, 3, 4, 5, 6]
+    checkpoint = torch.load(RunFiles(run).checkpoint, weights_only=True)
+    assert checkpoint["training"]["epoch"] == 6
+    assert checkpoint["training"]["finished"] is True
