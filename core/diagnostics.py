@@ -320,9 +320,7 @@ def _head_warnings(name: str, stats: dict[str, Any]) -> list[str]:
         messages.append(f"Head {name} has {len(tiny)} tiny {noun}: {tiny}.")
     if num_classes > 2 and stats["largest_class_share"] > GIANT_CLASS_SHARE:
         largest = int(np.argmax(stats["class_sizes"]))
-        messages.append(
-            f"Class {largest} of head {name} holds {stats['largest_class_share']:.0%} of the images."
-        )
+        messages.append(f"Class {largest} of head {name} holds {stats['largest_class_share']:.0%} of the images.")
     return messages
 
 
@@ -499,14 +497,16 @@ def merge_suggestions(
         similarities = None if embeddings is None else _centroid_similarities(classes[:, h], embeddings, stats)
         for class_index in doubtful:
             into, similarity = _nearest_class(class_index, similarities, stats, doubtful)
-            suggestions.append({
-                "head": name,
-                "class": class_index,
-                "size": stats["class_sizes"][class_index],
-                "into": into,
-                "similarity": similarity,
-                "reason": _doubt_reason(class_index, stats),
-            })
+            suggestions.append(
+                {
+                    "head": name,
+                    "class": class_index,
+                    "size": stats["class_sizes"][class_index],
+                    "into": into,
+                    "similarity": similarity,
+                    "reason": _doubt_reason(class_index, stats),
+                }
+            )
     return suggestions
 
 

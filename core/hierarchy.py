@@ -23,9 +23,7 @@ import numpy as np
 PATH_SEPARATOR = "/"
 
 
-def validate_assignments(
-    classes: np.ndarray, head_names: Sequence[str], class_counts: Sequence[int]
-) -> np.ndarray:
+def validate_assignments(classes: np.ndarray, head_names: Sequence[str], class_counts: Sequence[int]) -> np.ndarray:
     """Check the class assignments of all heads and return them as an int64 array.
 
     Args:
@@ -50,8 +48,8 @@ def validate_assignments(
     num_heads = classes.shape[1]
     if len(head_names) != num_heads or len(class_counts) != num_heads:
         raise ValueError(
-            f"classes has {num_heads} columns, but there are {len(head_names)} head names and "
-            f"{len(class_counts)} class counts: pass one name and one count per head."
+            f"classes has {num_heads} columns, but head_names has length {len(head_names)} and "
+            f"class_counts has length {len(class_counts)}: pass one name and one count per head."
         )
     if len(set(head_names)) != num_heads:
         raise ValueError(f"head_names {list(head_names)} contains a name twice: give each head its own name.")
@@ -121,7 +119,9 @@ def class_tree(classes: np.ndarray, head_names: Sequence[str], class_counts: Seq
 
     links = {}
     for coarse, fine in zip(order[:-1], order[1:], strict=True):
-        table = contingency_table(classes[:, fine], classes[:, coarse], int(class_counts[fine]), int(class_counts[coarse]))
+        table = contingency_table(
+            classes[:, fine], classes[:, coarse], int(class_counts[fine]), int(class_counts[coarse])
+        )
         links[head_names[fine]] = {"parent_head": head_names[coarse], "classes": _majority_parents(table)}
 
     return {
@@ -173,8 +173,7 @@ def tree_path_column(tree: dict[str, Any], classes: np.ndarray, head_names: Sequ
         )
 
     parent_of = {
-        name: {link["class"]: link["parent"] for link in tree["links"][name]["classes"]}
-        for name in ordered_heads[1:]
+        name: {link["class"]: link["parent"] for link in tree["links"][name]["classes"]} for name in ordered_heads[1:]
     }
     finest = list(head_names).index(ordered_heads[-1])
     cells = []

@@ -164,3 +164,27 @@ def test_sigkill_mid_epoch_then_restart_finishes(demo_folder, tmp_path):
     checkpoint = torch.load(RunFiles(run).checkpoint, weights_only=True)
     assert checkpoint["training"]["epoch"] == 6
     assert checkpoint["training"]["finished"] is True
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(demo_folder, tmp_path, monkeypatch, capsys):
+    from core.loss import SelfClassifierLoss
+
+    original = SelfClassifierLoss.forward
+    calls = {"count": 0}
+
+    def diverge_in_second_epoch(self, logits):
+        calls["count"] += 1
+        loss = original(self, logits)
+        return loss * float("nan") if calls["count"] > 2 else loss
+
+    monkeypatch.setattr(SelfClassifierLoss, "forward", diverge_in_second_epoch)
+    run = tmp_path / "run"
+    code = main(["train", str(demo_folder), "--out", str(run), "--epochs", "3", *FAST])
+
+    assert code == 1
+    errors = capsys.readouterr().err
+    assert "the loss became nan at step 2" in errors
+    assert "last good checkpoint" in errors
+    checkpoint = torch.load(RunFiles(run).checkpoint, weights_only=True)
+    assert checkpoint["training"]["epoch"] == 1
+    assert checkpoint["training"]["step"] == 2

@@ -1,0 +1,47 @@
+import pytest
+from PIL import Image
+
+from core.config import TrainConfig
+from core.setup import auto_image_size, resolve_batch_size
+
+
+def _write_images(folder, size, count=5):
+    folder.mkdir()
+    for index in range(count):
+        Image.new("RGB", size).save(folder / f"{index}.png")
+    return [f"{index}.png" for index in range(count)]
+
+
+@pytest.mark.parametrize(("size", "cap", "expected"), [((32, 32), 64, 32), ((640, 480), 64, 64),
+                                                        ((640, 480), 224, 224), ((100, 90), 224, 88)])
+def test_auto_image_size_follows_images(tmp_path, size, cap, expected):
+    paths = _write_images(tmp_path / "images", size)
+    assert auto_image_size(tmp_path / "images", paths, cap) == expected
+
+
+def test_auto_batch_size_fits_small_folder():
+    config = TrainConfig(image_folder="x")
+    assert resolve_batch_size(config, 1000) == 256
+    assert resolve_batch_size(config, 41) == 40
+
+
+def test_too_few_images_message():
+    with pytest.raises(ValueError, match="found 3 usable images in x; at least 4"):
+        resolve_batch_size(TrainConfig(image_folder="x"), 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"class_counts": (10, 1)}, "at least 2, got 1"), ({"class_counts": ()}, "at least one class count"),
+     ({"backbone": "vgg"}, "unknown backbone 'vgg'"), ({"device": "tpu"}, "unknown device 'tpu'"),
+     ({"epochs": 0}, "epochs must be at least 1"), ({"batch_size": 1}, "batch size must be at least 2")],
+)
+def test_config_rejects_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(image_folder="x", **changes)
+
+
+def test_config_round_trip(tmp_path):
+    config = TrainConfig(image_folder="x", class_counts=(5, 7), time_budget=30.0)
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
