@@ -32,7 +32,7 @@ heads share that count).
 2. If there is none, recommend the usable head after which nesting drops most,
    the head with the largest ``refinement_drop = refinement_lambda(h) -
    refinement_lambda(next larger head)``. The largest head has no larger head to
-   check it, so 0.8 stands in for its lambda. This fallback logs a warning.
+   check it, so 0.8 is used in place of its lambda. This fallback logs a warning.
 
 Why nesting marks the right class count: when a head's classes are real
 groups, a larger head splits each of them, so its classes nest. When a head is
@@ -41,10 +41,11 @@ head cuts them at other places, and its classes straddle several parents. So
 nesting into a head stays high up to the right class count and drops after it.
 
 ``python -m bench.bench_heads --synthetic`` checks the rule on Gaussian
-clusters on the unit sphere: 5, 10 or 20 clusters of 800 points in 16
-dimensions, balanced or not, 5 seeds each, and k-means heads of 5, 10, 20 and
-40 classes. With noise of standard deviation 0.125 or 0.25 per coordinate the
-rule found the true count in 57 of 60 cases. With 0.375, where clusters
+clusters on the unit sphere: 800 points in 16 dimensions from 5, 10 or 20
+clusters, balanced or not, 5 seeds each, and k-means heads of 5, 10, 20 and
+40 classes. With noise of standard deviation 0.125 or 0.25 per coordinate
+(before the points are normalised) the rule found the true count in 57 of 60
+cases. With 0.375, where clusters
 overlap, it found 17 of 30.
 
 Consequences of the rule:
@@ -52,9 +53,10 @@ Consequences of the rule:
 * The largest head is not recommended while a smaller head is usable, because
   nothing checks it. Train one head larger than the number of classes you expect.
 * Confidence is reported but not used, because the maximum softmax
-  probability falls as the class count grows even when the count is right.
+  probability tends to fall as the class count grows, so it would compare
+  head sizes more than how well they fit.
 * When the recommended head's own lambda is below 0.5, the heads barely nest
-  and a warning says that the choice is weak.
+  and the fallback warning adds that the choice is weak.
 * When no head with a larger head is usable, the head with the fewest empty or
   tiny classes (then the fewest classes) is recommended with a warning. When
   all heads have the same class count, the primary head is recommended.
@@ -65,7 +67,7 @@ rule picks next to every head's accuracy on a folder sorted by true class.
 
 Doubtful classes
 ----------------
-A non-empty class is *tiny* when it holds fewer images than 10% of the head's
+A non-empty class is *tiny* when it contains fewer images than 10% of the head's
 mean class size ``N / C``, or fewer than 2 images. It has *low confidence*
 when more than half of its images have a confidence below 0.5. Each tiny or
 low-confidence class gets a merge suggestion: the other non-empty class whose
@@ -142,12 +144,16 @@ def compute_diagnostics(
             ``None``. Without embeddings the merge suggestions have no target.
 
     Returns:
-        A JSON-serialisable dict with ``num_images``, ``primary_head``,
-        ``heads`` (statistics by head name, in column order, each list indexed
-        by class), ``agreement`` (``agreement[fine][coarse]`` for every finer
-        head and every coarser head), ``recommended_head``, ``rule``,
-        ``recommendation_reason``, ``merge_suggestions`` (sorted by head and
-        class) and ``warnings`` (the odd but legal findings that were logged).
+        A JSON-serialisable dict with these keys:
+
+        * ``num_images`` and ``primary_head``.
+        * ``heads``: statistics by head name, in column order. Each list in
+          them is indexed by class.
+        * ``agreement``: ``agreement[fine][coarse]`` for every finer head and
+          every coarser head.
+        * ``recommended_head``, ``rule`` and ``recommendation_reason``.
+        * ``merge_suggestions``, sorted by head and class.
+        * ``warnings``: the odd but legal findings, which are also logged.
 
     Raises:
         ValueError: if the arrays have the wrong shape or type, a class is out
@@ -234,12 +240,12 @@ def head_statistics(classes: np.ndarray, confidences: np.ndarray, num_classes: i
         num_classes: the head's number of classes.
 
     Returns:
-        Counts, the lists ``empty_classes`` and ``tiny_classes``, size statistics
-        (``size_gini`` over all classes, empty ones included, and
-        ``size_entropy``, the entropy of the class shares divided by
-        ``log(num_classes)``, so that 1.0 means equal sizes), confidence
-        statistics, and per-class lists indexed by class with ``None`` for
-        empty classes. ``usable`` is the first check of the recommendation rule.
+        Counts, the lists ``empty_classes`` and ``tiny_classes``, size
+        statistics, confidence statistics, and per-class lists indexed by class
+        with ``None`` for empty classes. ``size_gini`` counts empty classes too.
+        ``size_entropy`` is the entropy of the class shares divided by
+        ``log(num_classes)``, so 1.0 means equal sizes. ``usable`` is the first
+        check of the recommendation rule.
     """
     sizes = np.bincount(classes, minlength=num_classes)
     nonempty = sizes > 0
@@ -287,7 +293,7 @@ def gini(sizes: np.ndarray) -> float:
 
 
 def normalized_entropy(sizes: np.ndarray) -> float:
-    """Compute the entropy of the class shares divided by its maximum ``log(C)``; 1.0 when ``C`` is 1.
+    """Compute the entropy of the class shares divided by its maximum ``log(C)``, or 1.0 when ``C`` is 1.
 
     Args:
         sizes: (num_classes,) non-negative class sizes with a positive sum.
@@ -320,7 +326,7 @@ def _head_warnings(name: str, stats: dict[str, Any]) -> list[str]:
         messages.append(f"Head {name} has {len(tiny)} tiny {noun}: {tiny}.")
     if num_classes > 2 and stats["largest_class_share"] > GIANT_CLASS_SHARE:
         largest = int(np.argmax(stats["class_sizes"]))
-        messages.append(f"Class {largest} of head {name} holds {stats['largest_class_share']:.0%} of the images.")
+        messages.append(f"Class {largest} of head {name} contains {stats['largest_class_share']:.0%} of the images.")
     return messages
 
 

@@ -1,10 +1,10 @@
 """The class tree that links the heads of one run, from the coarsest head to the finest.
 
 Heads are ordered by class count, and heads with the same count keep their
-order in labels.csv. Each class of a head is linked to the class of the
-previous (coarser) head that holds most of its images. This parent class is
+order in labels.csv. Each class of a finer head is linked to the class of the
+previous (coarser) head that contains most of its images. This parent class is
 the class's *majority parent*, and the *share* is the fraction of the class's
-images that it holds. A share of 1.0 means that the finer head splits the
+images that it contains. A share of 1.0 means that the finer head splits the
 coarser class cleanly. A share near ``1 / num_coarse_classes`` means that the
 class's images are spread over the coarser classes.
 

@@ -100,7 +100,7 @@ def test_head_with_one_giant_class(caplog):
     assert stats["size_gini"] == pytest.approx(0.6)
     assert stats["size_entropy"] < 0.5
     assert stats["tiny_classes"] == [1, 2, 3]
-    assert "Class 0 of head k4 holds 85% of the images." in result["warnings"]
+    assert "Class 0 of head k4 contains 85% of the images." in result["warnings"]
     assert "Head k4 has 3 tiny classes: [1, 2, 3]." in caplog.text
 
 

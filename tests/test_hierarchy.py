@@ -92,7 +92,7 @@ def test_class_tree_leaves_out_empty_classes():
 
 
 def test_class_tree_tie_goes_to_lower_parent():
-    # Fine class 2 of k6 holds one image of k4 class 2 and one of class 3.
+    # Fine class 2 of k6 contains one image of k4 class 2 and one of class 3.
     tree = class_tree(CLASSES, NAMES, COUNTS)
 
     entry = tree["links"]["k6"]["classes"][2]
