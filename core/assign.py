@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core import distributed
 from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.run_files import RunFiles
@@ -64,14 +67,25 @@ def load_trained_model(run_dir: Path, device: torch.device) -> tuple[SelfClassif
 
 def assign_cache(
     model: SelfClassifier, cache: ImageCache, row_tau: float, embeddings_path: Path, device: torch.device
-) -> Assignment:
-    """Assign the images of a decoded-image cache."""
+) -> Assignment | None:
+    """Assign the images of a decoded-image cache.
+
+    Under torch.distributed each process assigns a contiguous share of the
+    rows. The main process gathers the results in row order and returns
+    them, and the other processes return None.
+    """
+    start, stop = distributed.shard_bounds(len(cache))
     batches = (
-        (np.arange(start, min(start + ASSIGN_BATCH, len(cache))),
-         torch.from_numpy(np.array(cache.images[start:start + ASSIGN_BATCH])))
-        for start in range(0, len(cache), ASSIGN_BATCH)
+        (np.arange(first - start, min(first + ASSIGN_BATCH, stop) - start),
+         torch.from_numpy(np.array(cache.images[first:min(first + ASSIGN_BATCH, stop)])))
+        for first in range(start, stop, ASSIGN_BATCH)
     )
-    return _assign(model, batches, cache.paths, cache.skipped, row_tau, embeddings_path, device)
+    # Every process has the same list of skipped files, so only the main
+    # process passes it on.
+    skipped = cache.skipped if distributed.is_main_process() else []
+    with _shard_embeddings_path(embeddings_path) as shard_path:
+        result = _assign(model, batches, cache.paths[start:stop], skipped, row_tau, shard_path, device)
+        return _gather_shards(result, embeddings_path)
 
 
 def assign_folder(
@@ -83,11 +97,16 @@ def assign_folder(
     embeddings_path: Path,
     device: torch.device,
     workers: int,
-) -> Assignment:
+) -> Assignment | None:
     """Decode and assign the images ``paths`` under ``root``, streaming them in batches.
 
     Files that cannot be decoded are logged and returned in ``skipped``.
+    Under torch.distributed each process decodes and assigns a contiguous
+    share of ``paths``. The main process gathers the results in path order
+    and returns them, and the other processes return None.
     """
+    start, stop = distributed.shard_bounds(len(paths))
+    paths = paths[start:stop]
     kept: list[str] = []
     skipped: list[SkippedFile] = []
 
@@ -107,8 +126,51 @@ def assign_folder(
             yield np.arange(len(kept) - len(pending), len(kept)), torch.from_numpy(np.stack(pending))
 
     # Rows are only known once decoded, so the count of paths is an upper bound.
-    result = _assign(model, batches(), kept, skipped, row_tau, embeddings_path, device, capacity=len(paths))
-    return result
+    with _shard_embeddings_path(embeddings_path) as shard_path:
+        result = _assign(model, batches(), kept, skipped, row_tau, shard_path, device, capacity=len(paths))
+        return _gather_shards(result, embeddings_path)
+
+
+@contextmanager
+def _shard_embeddings_path(embeddings_path: Path) -> Iterator[Path]:
+    """Yield where this process writes its embeddings: ``embeddings_path`` itself without a
+    process group, else a temporary file removed on exit."""
+    if distributed.world_size() == 1:
+        yield embeddings_path
+        return
+    with tempfile.TemporaryDirectory(prefix="assign-shard-") as folder:
+        yield Path(folder) / embeddings_path.name
+
+
+def _gather_shards(shard: Assignment, embeddings_path: Path) -> Assignment | None:
+    """Return every process's ``shard`` joined in rank order on the main process, None elsewhere.
+
+    The main process writes the joined embeddings to ``embeddings_path``.
+    Without a process group ``shard`` is already the whole result.
+    """
+    if distributed.world_size() == 1:
+        return shard
+    paths = [path for part in distributed.all_gather_objects(shard.paths) for path in part]
+    skipped = [item for part in distributed.all_gather_objects(shard.skipped) for item in part]
+    if not distributed.is_main_process():
+        for array in (shard.classes, shard.confidences, shard.embeddings):
+            distributed.gather_rows(array, None)
+        return None
+
+    count, num_heads = len(paths), shard.classes.shape[1]
+    classes = np.zeros((count, num_heads), dtype=np.int64)
+    confidences = np.zeros((count, num_heads), dtype=np.float32)
+    distributed.gather_rows(shard.classes, classes)
+    distributed.gather_rows(shard.confidences, confidences)
+
+    partial = embeddings_path.with_name(embeddings_path.stem + ".partial.npy")
+    embeddings = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                           shape=(count, shard.embeddings.shape[1]))
+    distributed.gather_rows(shard.embeddings, embeddings)
+    embeddings.flush()
+    del embeddings
+    partial.replace(embeddings_path)
+    return Assignment(paths, classes, confidences, np.load(embeddings_path, mmap_mode="r"), skipped)
 
 
 @torch.no_grad()
@@ -134,7 +196,8 @@ def _assign(
 
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with autocast, tqdm(total=capacity, desc="assign", unit="img", leave=False) as bar:
+    progress = tqdm(total=capacity, desc="assign", unit="img", leave=False, disable=not distributed.is_main_process())
+    with autocast, progress as bar:
         for rows, images in batches:
             pixels = normalize(images.to(device).permute(0, 3, 1, 2).float().div_(255))
             embedding = model.embed(pixels.contiguous(memory_format=torch.channels_last))

@@ -33,7 +33,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--epochs", type=int, help="passes over the folder (default: 100)")
     add("--time-budget", type=float, metavar="SECONDS",
         help="stop training after this many seconds of training steps and still write labels (default: none)")
-    add("--batch-size", type=int, help="images per step over all processes (default: 256, or fewer if the folder is smaller)")
+    add("--batch-size", type=int,
+        help="images per step over all processes, split evenly between them "
+             "(default: 256, or fewer if the folder is smaller)")
     add("--backbone", choices=("auto",) + BACKBONES,
         help="network before the projection; auto picks resnet10n on CPU and resnet18 on CUDA")
     add("--image-size", type=int, metavar="PIXELS",
@@ -43,7 +45,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--device", choices=DEVICES, help="where to train (default: auto, CUDA when available)")
     add("--seed", type=int, help="random seed (default: 0)")
     add("--workers", type=int, help="processes that decode images (default: number of cores, at most 8)")
-    add("--lr", type=float, help="peak learning rate for a batch of 256, scaled linearly with the batch (default: 0.5)")
+    add("--lr", type=float,
+        help="peak learning rate per 256 images. Training uses LR * global batch / 256 (linear scaling "
+             "rule), where the global batch is --batch-size over all processes (default: 0.5)")
     add("--weight-decay", type=float, help="weight decay of the LARS optimiser (default: 1e-6)")
     add("--warmup-fraction", type=float, help="fraction of training spent warming up the learning rate (default: 0.05)")
     add("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm to this value; 0 disables (default: 0)")
@@ -55,13 +59,34 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--hidden-dim", type=int, help="width of the projection MLP's hidden layers (default: twice the backbone's feature size)")
     add("--hidden-layers", type=int, help="hidden layers in the projection MLP (default: 2)")
     add("--sync-batchnorm", action="store_true", default=None,
-        help="synchronise BatchNorm statistics across processes in distributed training")
+        help="synchronise BatchNorm statistics across processes in distributed training (CUDA only)")
+    _add_timeout_option(parser)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return seconds
+
+
+def _add_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dist-timeout", type=_positive_seconds, default=distributed.DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+        help="under torchrun, stop with an error when another process has not responded for this many "
+             f"seconds (default: {distributed.DEFAULT_TIMEOUT_SECONDS:.0f})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core",
         description="Label an image folder without labels by training a Self-Classifier network.",
+        epilog="label, train and assign also run on several processes or machines under torchrun, "
+               "for example: torchrun --nproc_per_node=8 -m core train FOLDER --out RUN",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--csv", type=Path, help="where to write the labels (default: RUN/labels.csv)")
     assign.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
     assign.add_argument("--workers", type=int, help="processes that decode images (default: the run's setting)")
+    _add_timeout_option(assign)
 
     evaluate = commands.add_parser(
         "evaluate", help="score labels.csv against parent-folder names (when they are the true classes)"
@@ -87,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """Return the TrainConfig fields set on the command line, by field name."""
-    skip = {"command", "folder", "out", "verbose"}
+    skip = {"command", "folder", "out", "verbose", "dist_timeout"}
     overrides = {}
     for option, value in vars(args).items():
         if option in skip or value is None:
@@ -111,15 +137,26 @@ def _run_training(args: argparse.Namespace) -> None:
         jobs.train(config, args.out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    distributed.init_from_environment()
+def _setup_logging(args: argparse.Namespace) -> None:
+    """Log to the run's run.log on the main process; other processes log only warnings and errors."""
     log_file = None
     if args.command in ("label", "train"):
         log_file = RunFiles(args.out).log
     elif args.command == "assign":
         log_file = RunFiles(args.run).log
-    setup_logging(log_file if distributed.is_main_process() else None, verbose=args.verbose)
+    main_process = distributed.is_main_process()
+    setup_logging(log_file if main_process else None, verbose=args.verbose)
+    if not main_process and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    if distributed.world_size() > 1:
+        logger.info("Joined a process group of %d processes as rank %d (timeout %.0f s)",
+                    distributed.world_size(), distributed.rank(), distributed.timeout_seconds())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    distributed.init_from_environment(getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT_SECONDS))
+    _setup_logging(args)
 
     try:
         if args.command in ("label", "train"):
@@ -138,6 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("Interrupted. The last checkpoint is kept; run the same command again to resume.")
         return 130
-    finally:
-        distributed.shutdown()
+    except RuntimeError as error:
+        if distributed.world_size() == 1:
+            raise
+        logger.error(
+            "Rank %d stopped: %s. Another process probably failed (see its output) or did not respond "
+            "within --dist-timeout (%.0f s). The last checkpoint is kept. Run the same command "
+            "again to resume.", distributed.rank(), error, distributed.timeout_seconds(),
+        )
+        return 1
+    # The process group is left open on the error paths above: destroying it
+    # can block on a peer that is gone, and the process is about to exit.
+    distributed.shutdown()
     return 0

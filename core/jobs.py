@@ -12,6 +12,7 @@ from pathlib import Path
 from core import distributed
 from core.assign import Assignment, assign_cache, assign_folder, load_trained_model
 from core.config import TrainConfig
+from core.diagnostics import write_diagnostics
 from core.labels_csv import write_labels_csv
 from core.run_files import RunFiles
 from core.setup import resolve_batch_size, resolve_config, resolve_device, write_skipped
@@ -20,6 +21,12 @@ from data.cache import ImageCache, build_cache
 from data.scan import scan_folder
 
 logger = logging.getLogger(__name__)
+
+# Assumed slowest decoding rate, in images per second, of the main process
+# while the others wait for it to build the image cache.
+# NOTE: an estimate, not a measurement; a slower machine or storage makes the
+# waiting processes time out and the run stop with an error.
+MIN_DECODE_RATE = 10.0
 
 
 def load_or_create_config(run_dir: Path, config: TrainConfig, overrides: dict) -> TrainConfig:
@@ -65,9 +72,12 @@ def prepare_images(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, Ima
         )
     logger.info("Found %d image files in %s", len(paths), root)
 
+    distributed.check_same_list(paths, f"list of image files in {root}")
     config = resolve_config(config, root, paths)
     files = RunFiles(run_dir)
-    cache = build_cache(root, paths, config.image_size, files.cache_dir, config.workers)
+    # The main process decodes the images; the others reuse its cache.
+    with distributed.main_process_first(extra_seconds=len(paths) / MIN_DECODE_RATE):
+        cache = build_cache(root, paths, config.image_size, files.cache_dir, config.workers)
     if distributed.is_main_process():
         write_skipped(files.skipped, cache.skipped)
     if cache.skipped:
@@ -76,17 +86,28 @@ def prepare_images(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, Ima
 
 
 def train(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, ImageCache, TrainingState]:
-    """Train (or resume) the run in ``run_dir`` on ``config.image_folder``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) the run in ``run_dir`` on ``config.image_folder``.
+
+    Under torchrun every process calls this, and only the main one writes files.
+
+    Raises:
+        ValueError: if the images are unusable, or if the processes of a
+            distributed run do not share ``run_dir``.
+    """
+    if distributed.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.check_shared_directory(run_dir)
     config, cache = prepare_images(config, run_dir)
     batch_size = resolve_batch_size(config, len(cache))
+    if config.batch_size == 0:
+        batch_size -= batch_size % distributed.world_size()
     if config.batch_size != batch_size:
         logger.info("Using batch size %d", batch_size)
     config = config.replace(batch_size=batch_size)
     if distributed.is_main_process():
         config.save(RunFiles(run_dir).config)
 
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     local_batch = _local_batch_size(batch_size)
     logger.info(
         "Training %s at %d px on %s: %d images, batch %d, heads %s",
@@ -96,30 +117,51 @@ def train(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, ImageCache, 
     return config, cache, state
 
 
-def assign_training_images(run_dir: Path, cache: ImageCache, device_name: str = "auto") -> Assignment:
-    """Assign the run's own (cached) images and write labels.csv and embeddings.npy."""
+def assign_training_images(run_dir: Path, cache: ImageCache, device_name: str = "auto") -> Assignment | None:
+    """Assign the run's own (cached) images and write labels.csv and embeddings.npy.
+
+    Under torchrun each process assigns a share of the images. The main
+    process writes the files and returns the result, and the others return None.
+    """
     files = RunFiles(run_dir)
-    device = resolve_device(device_name)
+    device = distributed.local_device(resolve_device(device_name))
     model, config = load_trained_model(run_dir, device)
     result = assign_cache(model, cache, config.row_tau, files.embeddings, device)
+    if result is None:
+        return None
     write_labels_csv(files.labels, result.paths, result.classes, result.confidences, config.class_counts)
     logger.info("Wrote %d labels to %s", len(result.paths), files.labels)
+    write_run_diagnostics(run_dir)
     return result
+
+
+def write_run_diagnostics(run_dir: Path) -> None:
+    """Write diagnostics.json and class_tree.json; a failure here is logged and never loses the labels."""
+    try:
+        report = write_diagnostics(run_dir)
+    except (ValueError, OSError) as error:
+        logger.warning("Could not compute the per-head diagnostics of %s: %s", run_dir, error)
+        return
+    logger.info("Recommended head: %s (%s)", report["recommended_head"], report["recommendation_reason"])
 
 
 def assign(
     run_dir: Path, folder: Path | None = None, csv_path: Path | None = None,
     device_name: str = "auto", workers: int | None = None,
-) -> Assignment:
+) -> Assignment | None:
     """Assign the images of ``folder`` (default: the run's own folder) with a trained run.
 
     Labels go to ``csv_path`` (default ``RUN/labels.csv``). For the run's own
     folder the embeddings go to ``RUN/embeddings.npy`` and the skipped
     files to ``RUN/skipped.csv``; for another folder they go beside the CSV
     as ``NAME.embeddings.npy`` and ``NAME.skipped.csv``.
+
+    Under torchrun each process decodes and assigns a contiguous share of
+    the images. The main process writes the same files, in the same order,
+    as a single process would and returns the result. The others return None.
     """
     files = RunFiles(run_dir)
-    device = resolve_device(device_name)
+    device = distributed.local_device(resolve_device(device_name))
     model, config = load_trained_model(run_dir, device)
     root = Path(folder) if folder is not None else Path(config.image_folder)
     own_folder = folder is None or root.resolve() == Path(config.image_folder).resolve()
@@ -133,23 +175,27 @@ def assign(
     paths = scan_folder(root)
     if not paths:
         raise ValueError(f"no image files found in {root}; point to a folder that holds images")
+    distributed.check_same_list(paths, f"list of image files in {root}")
     workers = config.workers if workers is None else workers
     result = assign_folder(model, root, paths, config.image_size, config.row_tau, embeddings_path, device, workers)
+    if result is None:
+        return None
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     write_labels_csv(csv_path, result.paths, result.classes, result.confidences, config.class_counts)
     write_skipped(skipped_path, result.skipped)
     logger.info("Wrote %d labels to %s (%d files skipped)", len(result.paths), csv_path, len(result.skipped))
+    if own_folder and csv_path.resolve() == files.labels.resolve():
+        write_run_diagnostics(run_dir)
     return result
 
 
 def label(config: TrainConfig, run_dir: Path) -> Assignment | None:
     """Train on ``config.image_folder``, then assign its images and export labels.csv.
 
-    Returns None on processes other than the main one, which only train.
+    Returns None on processes other than the main one, which share the
+    training and the assignment but write nothing.
     """
     config, cache, _ = train(config, run_dir)
-    if not distributed.is_main_process():
-        return None
     return assign_training_images(run_dir, cache, config.device)
 
 
@@ -157,5 +203,10 @@ def _local_batch_size(batch_size: int) -> int:
     world = distributed.world_size()
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes; change --batch-size")
+    if batch_size // world < 2:
+        raise ValueError(
+            f"batch size {batch_size} over {world} processes leaves fewer than 2 images per process; "
+            f"pass --batch-size {2 * world} or more"
+        )
     return batch_size // world
 

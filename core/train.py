@@ -112,7 +112,12 @@ class Trainer:
         self.optimizer = LARS(
             parameter_groups(self.model), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        self.peak_lr = config.base_lr * batch_size * distributed.world_size() / 256
+        # Linear scaling rule: the peak rate grows with the global batch, the
+        # images of one step over all processes.
+        global_batch = batch_size * distributed.world_size()
+        self.peak_lr = config.base_lr * global_batch / 256
+        logger.info("Peak learning rate %.4g (%.4g per 256 images, global batch %d over %d processes)",
+                    self.peak_lr, config.base_lr, global_batch, distributed.world_size())
         self.augment = MultiCropAugment(
             AugmentConfig(config.image_size, config.local_size, config.local_crops)
         )
@@ -128,7 +133,13 @@ class Trainer:
     def _wrap(self, module: nn.Module) -> nn.Module:
         if distributed.world_size() == 1:
             return module
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module) if self.config.sync_batchnorm else module
+        if self.config.sync_batchnorm:
+            if self.device.type != "cuda":
+                raise ValueError(
+                    f"--sync-batchnorm needs CUDA devices, but this run trains on {self.device}. PyTorch's "
+                    "SyncBatchNorm runs on GPUs only, so drop --sync-batchnorm or use --device cuda."
+                )
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
@@ -190,10 +201,18 @@ class Trainer:
             losses.append(loss)
             primary_counts += torch.bincount(primary_logits.argmax(dim=1).cpu(),
                                              minlength=self.config.primary_classes)
-            self.state.elapsed_seconds += time.perf_counter() - step_started
+            self._add_elapsed(time.perf_counter() - step_started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()
+
+        # Every process ran the same number of steps on equal shares of each
+        # global batch, so the mean of the processes' losses is the loss of
+        # the global batch.
+        mean_loss = float(np.mean(losses)) if losses else float("nan")
+        mean_loss = float(distributed.sum_over_processes(torch.tensor(mean_loss, dtype=torch.float64))
+                          / distributed.world_size())
+        primary_counts = distributed.sum_over_processes(primary_counts)
 
         self.state.epoch += 1
         seconds = time.perf_counter() - started
@@ -201,13 +220,20 @@ class Trainer:
         return {
             "epoch": self.state.epoch,
             "step": self.state.step,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "loss": mean_loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "classes_in_use": int((primary_counts > 0).sum()),
             "seconds": round(seconds, 3),
             "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
             "elapsed_seconds": round(self.state.elapsed_seconds, 3),
         }
+
+    def _add_elapsed(self, seconds: float) -> None:
+        self.state.elapsed_seconds += seconds
+        # The time budget sets the learning rate and when to stop, so every
+        # process uses the elapsed time of the slowest one.
+        if self.config.time_budget > 0:
+            self.state.elapsed_seconds = distributed.max_over_processes(self.state.elapsed_seconds)
 
     def _train_step(self, batch: np.ndarray) -> tuple[float, torch.Tensor]:
         indices, images = read_batch(self.cache, batch)
@@ -239,26 +265,29 @@ class Trainer:
     # Checkpoints
 
     def _save(self) -> None:
-        if not distributed.is_main_process():
-            return
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "training": vars(self.state).copy(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "config": self.config.to_dict(),
-        }
-        if self.queue is not None:
-            state["queue"] = self.queue.state_dict()
-        save_checkpoint(self.files.checkpoint, state)
+        """Write the checkpoint on the main process, and return on every process once it is written."""
+        generators = distributed.gather(self.generator.get_state()[None])
+        if distributed.is_main_process():
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "training": vars(self.state).copy(),
+                "generator": self.generator.get_state(),
+                "generators": generators,
+                "torch_rng": torch.get_rng_state(),
+                "config": self.config.to_dict(),
+            }
+            if self.queue is not None:
+                state["queue"] = self.queue.state_dict()
+            save_checkpoint(self.files.checkpoint, state)
+        distributed.barrier()
 
     def _resume(self) -> None:
         checkpoint = load_checkpoint(self.files.checkpoint, map_location=self.device)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.state = TrainingState(**checkpoint["training"])
-        self.generator.set_state(checkpoint["generator"].cpu())
+        self._restore_generator(checkpoint)
         torch.set_rng_state(checkpoint["torch_rng"].cpu())
         if self.queue is not None and "queue" in checkpoint:
             self.queue.load_state_dict(checkpoint["queue"])
@@ -268,6 +297,22 @@ class Trainer:
             keep_epochs_up_to(self.files.metrics, self.state.epoch)
         logger.info("Resuming from %s after epoch %d (step %d)",
                     self.files.checkpoint, self.state.epoch, self.state.step)
+
+    def _restore_generator(self, checkpoint: dict) -> None:
+        """Give this process back its augmentation random state, by rank."""
+        states = checkpoint.get("generators")
+        world, rank = distributed.world_size(), distributed.rank()
+        if states is not None and states.shape[0] == world:
+            # A clone, because set_state on a view of a larger tensor crashes (PyTorch 2.14.1).
+            self.generator.set_state(states[rank].cpu().clone())
+        elif world == 1:
+            self.generator.set_state(checkpoint["generator"].cpu())
+        else:
+            saved = states.shape[0] if states is not None else 1
+            logger.info("The checkpoint was written by %d processes, not %d, so the augmentation random "
+                        "states restart from the seed, the rank and the step", saved, world)
+            seed = np.random.SeedSequence([self.config.seed, rank, self.state.step]).generate_state(1)[0]
+            self.generator.manual_seed(int(seed))
 
 
 def _shard(order: np.ndarray, used: int) -> np.ndarray:

@@ -188,3 +188,14 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(demo_folder, tmp_path, m
     checkpoint = torch.load(RunFiles(run).checkpoint, weights_only=True)
     assert checkpoint["training"]["epoch"] == 1
     assert checkpoint["training"]["step"] == 2
+
+
+def test_label_writes_diagnostics_and_tree(demo_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["label", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+    diagnostics = json.loads((run / "diagnostics.json").read_text())
+    assert set(diagnostics["heads"]) == {"k4", "k8"}
+    assert diagnostics["recommended_head"] in {"k4", "k8"}
+    assert diagnostics["num_images"] == 40
+    tree = json.loads((run / "class_tree.json").read_text())
+    assert tree
