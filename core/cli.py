@@ -20,7 +20,7 @@ from models.backbones import BACKBONES
 logger = logging.getLogger("core")
 
 # CLI option name -> TrainConfig field, for options whose names differ.
-_FIELD_OF_OPTION = {"classes": "class_counts", "lr": "base_lr", "nn_queue": "nn_queue_size"}
+FIELD_OF_OPTION = {"classes": "class_counts", "lr": "base_lr", "nn_queue": "nn_queue_size"}
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -118,14 +118,14 @@ def config_overrides(args: argparse.Namespace) -> dict:
     for option, value in vars(args).items():
         if option in skip or value is None:
             continue
-        field = _FIELD_OF_OPTION.get(option, option)
+        field = FIELD_OF_OPTION.get(option, option)
         overrides[field] = tuple(value) if field == "class_counts" else value
     return overrides
 
 
 def _run_training(args: argparse.Namespace) -> None:
     overrides = config_overrides(args)
-    config = TrainConfig(image_folder=str(args.folder), **overrides)
+    config = TrainConfig(image_folder=str(args.folder.resolve()), **overrides)
     config = jobs.load_or_create_config(args.out, config, overrides)
     if Path(config.image_folder).resolve() != args.folder.resolve():
         raise ValueError(

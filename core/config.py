@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.backbones import BACKBONES
+from models.names import BACKBONES
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -403,7 +403,7 @@ def export_labels_csv(path: Path, edited: EditedLabels, head: str) -> None:
     """Write the edited labels in the labels.csv format, with ``head`` as the primary head.
 
     The chosen head comes first, so the ``class`` and ``confidence`` columns copy
-    it, and the other heads follow in their order. A ``class_name`` column holds
+    it, and the other heads follow in their order. A ``class_name`` column contains
     the chosen head's class names. Confidences stay the model's own, also for
     images an edit moved.
 
@@ -432,5 +432,5 @@ def _field(record: dict[str, Any], name: str, kind: type) -> Any:
     value = record.get(name)
     # bool is a subclass of int, but true is no class index.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"field {name!r} must be a {kind.__name__}, got {value!r}")
+        raise ValueError(f"field {name!r} must be of type {kind.__name__}, got {value!r}")
     return value

@@ -1,10 +1,10 @@
 """Small JPEG thumbnails of a run's images, and the check that keeps reads inside the image folder.
 
-Every image the app shows is read through :func:`resolve_image_path`, so a
-path from labels.csv, an edit file or a query string cannot make it open a
-file outside the run's image folder: absolute paths and ``..`` components
-are rejected, and the resolved path (after following symlinks) must lie
-inside the resolved folder.
+Every image the app shows is read through :func:`resolve_image_path`. It
+rejects absolute paths and ``..`` components, and it requires the resolved
+path, after following symlinks, to lie inside the resolved image folder. So
+a path from labels.csv, an edit file or a query string cannot make the app
+open a file outside the run's image folder.
 
 Thumbnails are decoded once, turned upright by their EXIF orientation,
 shrunk to fit a square of ``side`` pixels and stored as JPEG files under
@@ -148,6 +148,8 @@ class ThumbnailStore:
             return None
 
     def _make(self, source: Path, target: Path) -> None:
+        # NOTE: load_rgb decodes the whole image. For large photos, a reduced-size JPEG
+        # decode (Pillow's Image.draft) would make the first view of a gallery page faster.
         image = load_rgb(source)
         image.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)

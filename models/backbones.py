@@ -20,20 +20,11 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from models.names import BACKBONES, NARROW_RESNETS, TORCHVISION_RESNETS
+
 logger = logging.getLogger(__name__)
 
 SMALL_IMAGE_MAX_SIZE = 64
-TORCHVISION_RESNETS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "wide_resnet50_2",
-)
-NARROW_RESNETS = {"resnet10n": (32, 64, 128, 256)}
-BACKBONES = tuple(NARROW_RESNETS) + TORCHVISION_RESNETS
 
 
 def backbone_feature_dim(name: str) -> int:

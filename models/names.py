@@ -1,0 +1,14 @@
+"""Backbone names, importable without loading torch (the app and config read them)."""
+
+TORCHVISION_RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+)
+# Stage widths of the narrow ResNets built in models.backbones.
+NARROW_RESNETS = {"resnet10n": (32, 64, 128, 256)}
+BACKBONES = tuple(NARROW_RESNETS) + TORCHVISION_RESNETS
