@@ -6,6 +6,8 @@ images in the same run, and prints a Markdown report (also appended to
 bench/RESULTS.md with --write).
 
     python bench/bench_label.py ../datasets/cifar10-test --budget 600 --write
+
+Options that this script does not know are passed on to `label`.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10, help="clusters for both methods")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-label")
     parser.add_argument("--write", action="store_true", help="append the report to bench/RESULTS.md")
-    parser.add_argument("extra", nargs="*", help="more options for `label`, after --")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    args.extra = [item for item in extra if item != "--"]
 
     if args.out.exists():
         subprocess.run(["rm", "-rf", str(args.out)], check=True)
