@@ -58,7 +58,7 @@ def load_trained_model(run_dir: Path, device: torch.device) -> tuple[SelfClassif
     config = TrainConfig.load(files.config)
     model = build_model(
         config.backbone, config.image_size, config.class_counts,
-        config.embedding_dim, config.hidden_dim, config.hidden_layers,
+        config.embedding_dim, config.hidden_dim, config.hidden_layers, standard_stem=config.standard_stem,
     )
     checkpoint = load_checkpoint(files.checkpoint)
     model.load_state_dict(checkpoint["model"])
@@ -232,7 +232,8 @@ def _finish_embeddings(partial: Path, final: Path, count: int, dim: int) -> None
     temporary = final.with_name(final.stem + ".tmp.npy")
     target = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(count, dim))
     for start in range(0, count, 65536):
-        target[start:start + 65536] = source[start:start + 65536]
+        stop = min(start + 65536, count)
+        target[start:stop] = source[start:stop]
     target.flush()
     del target, source
     temporary.replace(final)

@@ -16,6 +16,7 @@ from core.logs import setup_logging
 from core.run_files import RunFiles
 from core.train import TrainingDivergedError
 from models.backbones import BACKBONES
+from models.weights import IMAGENET
 
 logger = logging.getLogger("core")
 
@@ -56,10 +57,25 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--row-tau", type=float, help="temperature of the softmax over classes (default: 0.1)")
     add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
     add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")
-    add("--hidden-dim", type=int, help="width of the projection MLP's hidden layers (default: twice the backbone's feature size)")
+    add("--hidden-dim", type=int,
+        help="width of the projection MLP's hidden layers (default: twice the backbone's feature size)")
     add("--hidden-layers", type=int, help="hidden layers in the projection MLP (default: 2)")
     add("--sync-batchnorm", action="store_true", default=None,
         help="synchronise BatchNorm statistics across processes in distributed training (CUDA only)")
+    add("--init", metavar="WEIGHTS",
+        help="start from these weights instead of random ones: 'imagenet' (torchvision's ImageNet weights of "
+             "--backbone, resnet18 if auto; downloaded once, or read from torch.hub's cache), a weights file "
+             "(a torchvision ResNet state dict or an official Self-Classifier checkpoint), or a run directory "
+             "of this tool. Class heads are kept when their class counts equal --classes")
+    add("--freeze-backbone", action="store_true", default=None,
+        help="train only the projection and the heads, on backbone features computed once with --init's "
+             "backbone and cached in RUN/features.npy, so an epoch does not run the backbone")
+    add("--head-views", type=int, metavar="N",
+        help="augmented views per image cached for --freeze-backbone, besides the plain image (default: 4)")
+    add("--head-lr", type=float,
+        help="peak learning rate of --freeze-backbone training per 256 images (default: 5.0)")
+    add("--finetune", action="store_true", default=None,
+        help="train the whole network from --init, the backbone at 0.1 times the learning rate")
     _add_timeout_option(parser)
 
 
@@ -102,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--csv", type=Path, help="where to write the labels (default: RUN/labels.csv)")
     assign.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
     assign.add_argument("--workers", type=int, help="processes that decode images (default: the run's setting)")
+    assign.add_argument(
+        "--append", action="store_true",
+        help="add the images of FOLDER that the run does not list yet to RUN/labels.csv and "
+             "RUN/embeddings.npy, without retraining; images outside the run's image folder are "
+             "stored with ../ paths relative to it",
+    )
     _add_timeout_option(assign)
 
     evaluate = commands.add_parser(
@@ -125,6 +147,8 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 def _run_training(args: argparse.Namespace) -> None:
     overrides = config_overrides(args)
+    if overrides.get("init") not in (None, IMAGENET):
+        overrides["init"] = str(Path(overrides["init"]).resolve())
     config = TrainConfig(image_folder=str(args.folder.resolve()), **overrides)
     config = jobs.load_or_create_config(args.out, config, overrides)
     if Path(config.image_folder).resolve() != args.folder.resolve():
@@ -135,6 +159,14 @@ def _run_training(args: argparse.Namespace) -> None:
         jobs.label(config, args.out)
     else:
         jobs.train(config, args.out)
+
+
+def _run_append(args: argparse.Namespace) -> None:
+    if args.folder is None:
+        raise ValueError("--append needs the FOLDER of new images: python -m core assign RUN FOLDER --append")
+    if args.csv is not None:
+        raise ValueError("--append adds rows to RUN/labels.csv; drop --csv")
+    jobs.append(args.run, args.folder, args.device, args.workers)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -161,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("label", "train"):
             _run_training(args)
+        elif args.command == "assign" and args.append:
+            _run_append(args)
         elif args.command == "assign":
             jobs.assign(args.run, args.folder, args.csv, args.device, args.workers)
         else:

@@ -46,6 +46,16 @@ class TrainConfig:
     hidden_layers: int = 2
     nn_queue_size: int = 0
     sync_batchnorm: bool = False
+    # Initial weights: "" (random), "imagenet", a weights file or a run directory (models.weights).
+    init: str = ""
+    # Keep torchvision's 7x7 stem for images <= 64 px; set by resolve_config when init needs it.
+    standard_stem: bool = False
+    # Train only the projection and heads on cached backbone features (core.head_only).
+    freeze_backbone: bool = False
+    head_views: int = 4
+    head_lr: float = 5.0
+    # Train everything from init, the backbone at FINETUNE_BACKBONE_LR_SCALE times the learning rate.
+    finetune: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.class_counts) > 0, "at least one class count is needed, for example --classes 10")
@@ -67,6 +77,13 @@ class TrainConfig:
         _check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
         _check(self.nn_queue_size >= 0, f"queue size must be >= 0, got {self.nn_queue_size}")
         _check(self.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {self.grad_clip}")
+        _check(self.head_views >= 2, f"head-only training needs at least 2 views per image, got {self.head_views}")
+        _check(self.head_lr > 0, f"head-only learning rate must be positive, got {self.head_lr}")
+        _check(not (self.freeze_backbone and self.finetune),
+               "--freeze-backbone keeps the backbone fixed and --finetune trains it; pass only one")
+        _check(not self.finetune or bool(self.init), "--finetune needs starting weights; pass --init too")
+        _check(not self.freeze_backbone or bool(self.init),
+               "--freeze-backbone keeps a random backbone without starting weights; pass --init too")
 
     @property
     def primary_classes(self) -> int:

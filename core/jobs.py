@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from core import distributed
+from core.append import AppendResult, append_to_run
 from core.assign import Assignment, assign_cache, assign_folder, load_trained_model
 from core.config import TrainConfig
 from core.diagnostics import write_diagnostics
+from core.head_only import train_head_only
 from core.labels_csv import write_labels_csv
 from core.run_files import RunFiles
 from core.setup import resolve_batch_size, resolve_config, resolve_device, write_skipped
-from core.train import Trainer, TrainingState
+from core.train import Trainer, TrainingState, build_initial_model
 from data.cache import ImageCache, build_cache
 from data.scan import scan_folder
 
@@ -113,8 +117,19 @@ def train(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, ImageCache, 
         "Training %s at %d px on %s: %d images, batch %d, heads %s",
         config.backbone, config.image_size, device, len(cache), batch_size, list(config.class_counts),
     )
+    if config.freeze_backbone:
+        return config, cache, _train_head_only(config, cache, run_dir, device)
     state = Trainer(config, cache, run_dir, local_batch, device).fit()
     return config, cache, state
+
+
+def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, device: torch.device) -> TrainingState:
+    """Train the projection and heads on cached backbone features, in one process."""
+    if distributed.world_size() > 1:
+        raise ValueError("--freeze-backbone trains in one process; start it with python -m core, not torchrun")
+    torch.manual_seed(config.seed)
+    model = build_initial_model(config, load_init=not RunFiles(run_dir).checkpoint.exists())
+    return train_head_only(config, cache, run_dir, model, device, config.head_views, config.head_lr)
 
 
 def assign_training_images(run_dir: Path, cache: ImageCache, device_name: str = "auto") -> Assignment | None:
@@ -187,6 +202,11 @@ def assign(
     if own_folder and csv_path.resolve() == files.labels.resolve():
         write_run_diagnostics(run_dir)
     return result
+
+
+def append(run_dir: Path, folder: Path, device_name: str = "auto", workers: int | None = None) -> AppendResult:
+    """Add the images of ``folder`` that the run does not list to its labels.csv and embeddings.npy."""
+    return append_to_run(run_dir, folder, device_name, workers)
 
 
 def label(config: TrainConfig, run_dir: Path) -> Assignment | None:

@@ -54,14 +54,36 @@ class LARS(torch.optim.Optimizer):
         return None
 
 
-def parameter_groups(model: nn.Module) -> list[dict]:
-    """Split parameters into LARS-adapted weights and plain biases and norms."""
-    adapted, plain = [], []
-    for param in model.parameters():
+FINETUNE_BACKBONE_LR_SCALE = 0.1
+
+
+def parameter_groups(
+    model: nn.Module, backbone: nn.Module | None = None, backbone_lr_scale: float = 1.0
+) -> list[dict]:
+    """Split parameters into LARS-adapted weights and plain biases and norms.
+
+    With ``backbone`` given and ``backbone_lr_scale`` other than 1, the
+    parameters of ``backbone`` form two more groups, whose ``lr_scale``
+    multiplies the learning rate that ``set_learning_rate`` sets.
+    """
+    if backbone is None or backbone_lr_scale == 1.0:
+        return _split_parameters(model.parameters(), 1.0)
+    in_backbone = {id(param) for param in backbone.parameters()}
+    rest = [param for param in model.parameters() if id(param) not in in_backbone]
+    return _split_parameters(rest, 1.0) + _split_parameters(backbone.parameters(), backbone_lr_scale)
+
+
+def _split_parameters(parameters: Iterable[nn.Parameter], lr_scale: float) -> list[dict]:
+    adapted: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    for param in parameters:
         if not param.requires_grad:
             continue
         (adapted if param.ndim > 1 else plain).append(param)
-    return [{"params": adapted, "adapt": True}, {"params": plain, "adapt": False, "weight_decay": 0.0}]
+    return [
+        {"params": adapted, "adapt": True, "lr_scale": lr_scale},
+        {"params": plain, "adapt": False, "weight_decay": 0.0, "lr_scale": lr_scale},
+    ]
 
 
 def learning_rate(progress: float, peak_lr: float, warmup_fraction: float) -> float:
@@ -78,5 +100,6 @@ def learning_rate(progress: float, peak_lr: float, warmup_fraction: float) -> fl
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_scale`` (1 when absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -15,6 +15,7 @@ from core.config import TrainConfig
 from data.cache import SkippedFile
 from data.images import read_image_size
 from models.backbones import backbone_feature_dim
+from models.weights import IMAGENET, describe_weights, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ DEFAULT_BATCH_SIZE = 256
 # Largest automatic image side; bigger inputs cost too much on a CPU.
 MAX_AUTO_IMAGE_SIZE = {"cpu": 64, "cuda": 224}
 DEFAULT_BACKBONE = {"cpu": "resnet10n", "cuda": "resnet18"}
+# Backbone that ``--init imagenet`` picks when --backbone is auto.
+DEFAULT_IMAGENET_BACKBONE = "resnet18"
 SIZE_SAMPLE = 256
 
 
@@ -40,7 +43,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_config(config: TrainConfig, root: Path, paths: Sequence[str]) -> TrainConfig:
-    """Fill in every automatic setting from the images and the machine."""
+    """Fill in every automatic setting from the initial weights, the images and the machine."""
+    config = resolve_init(config)
     device = resolve_device(config.device).type
     backbone = config.backbone if config.backbone != "auto" else DEFAULT_BACKBONE[device]
     image_size = config.image_size or auto_image_size(root, paths, MAX_AUTO_IMAGE_SIZE[device])
@@ -50,6 +54,30 @@ def resolve_config(config: TrainConfig, root: Path, paths: Sequence[str]) -> Tra
     return config.replace(
         backbone=backbone, image_size=image_size, local_size=local_size, workers=workers, hidden_dim=hidden_dim
     )
+
+
+def resolve_init(config: TrainConfig) -> TrainConfig:
+    """Take the backbone, projection width and stem from ``config.init``'s weights where they are automatic.
+
+    Raises:
+        ValueError: if the weights cannot be read, or their backbone is
+            unknown while ``config.backbone`` is ``auto``.
+    """
+    if not config.init:
+        return config
+    if config.init == IMAGENET:
+        backbone = DEFAULT_IMAGENET_BACKBONE if config.backbone == "auto" else config.backbone
+        return config.replace(backbone=backbone, standard_stem=True)
+
+    architecture = describe_weights(read_weights(config.init))
+    changes: dict = {"standard_stem": architecture.small_stem is False}
+    if config.backbone == "auto":
+        if architecture.backbone is None:
+            raise ValueError(f"cannot tell which backbone the weights in {config.init} belong to; pass --backbone")
+        changes["backbone"] = architecture.backbone
+    if config.hidden_dim == 0 and architecture.hidden_dim is not None:
+        changes["hidden_dim"] = architecture.hidden_dim
+    return config.replace(**changes)
 
 
 def auto_image_size(root: Path, paths: Sequence[str], max_size: int) -> int:

@@ -18,13 +18,29 @@ from core.config import TrainConfig
 from core.loss import SelfClassifierLoss
 from core.metrics_log import append_metrics, keep_epochs_up_to
 from core.nn_queue import NearestNeighbourQueue
-from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
+from core.optim import FINETUNE_BACKBONE_LR_SCALE, LARS, learning_rate, parameter_groups, set_learning_rate
 from core.run_files import RunFiles
 from data.cache import ImageCache, read_batch
 from data.transforms import AugmentConfig, MultiCropAugment
 from models.self_classifier import SelfClassifier, build_model
+from models.weights import load_weights, read_weights
 
 logger = logging.getLogger(__name__)
+
+
+def build_initial_model(config: TrainConfig, load_init: bool = True) -> SelfClassifier:
+    """Build the network of ``config`` and, when ``config.init`` is set and ``load_init``, load those weights.
+
+    Raises:
+        ValueError: if the initial weights cannot be read or do not fit the network.
+    """
+    model = build_model(
+        config.backbone, config.image_size, config.class_counts,
+        config.embedding_dim, config.hidden_dim, config.hidden_layers, standard_stem=config.standard_stem,
+    )
+    if config.init and load_init:
+        load_weights(model, read_weights(config.init, config.backbone))
+    return model
 
 
 class TrainingDivergedError(RuntimeError):
@@ -109,8 +125,10 @@ class Trainer:
         )
         self.forward = self._wrap(MultiViewForward(self.model, self.queue))
         self.criterion = SelfClassifierLoss(config.row_tau, config.col_tau, config.eps)
+        backbone_lr_scale = FINETUNE_BACKBONE_LR_SCALE if config.finetune else 1.0
         self.optimizer = LARS(
-            parameter_groups(self.model), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay
+            parameter_groups(self.model, self.model.backbone, backbone_lr_scale),
+            lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay,
         )
         # Linear scaling rule: the peak rate grows with the global batch, the
         # images of one step over all processes.
@@ -123,11 +141,8 @@ class Trainer:
         )
 
     def _build_model(self) -> SelfClassifier:
-        config = self.config
-        model = build_model(
-            config.backbone, config.image_size, config.class_counts,
-            config.embedding_dim, config.hidden_dim, config.hidden_layers,
-        )
+        # A resumed run reads its own checkpoint, so the initial weights are not needed.
+        model = build_initial_model(self.config, load_init=not self.files.checkpoint.exists())
         return model.to(self.device, memory_format=torch.channels_last)
 
     def _wrap(self, module: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from models.names import BACKBONES, NARROW_RESNETS, TORCHVISION_RESNETS
+from models.names import BACKBONES, NARROW_RESNETS
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def backbone_feature_dim(name: str) -> int:
     return 512 if name in ("resnet18", "resnet34") else 2048
 
 
-def build_backbone(name: str, image_size: int, weights: str | None = None) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: str, image_size: int, weights: str | None = None, standard_stem: bool = False
+) -> tuple[nn.Module, int]:
     """Build a backbone that maps (batch, 3, H, W) images to (batch, feature_dim) features.
 
     Args:
@@ -42,6 +44,9 @@ def build_backbone(name: str, image_size: int, weights: str | None = None) -> tu
         image_size: side of the training crops in pixels; picks the stem.
         weights: torchvision weights name (for example ``"DEFAULT"``) to
             download, or None for random initialisation.
+        standard_stem: keep the 7x7 stride-2 stem and max-pooling even for
+            images of at most ``SMALL_IMAGE_MAX_SIZE`` pixels, so that weights
+            trained with that stem (ImageNet weights) fit.
 
     Returns:
         The backbone module and its feature dimension.
@@ -52,7 +57,7 @@ def build_backbone(name: str, image_size: int, weights: str | None = None) -> tu
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    small_stem = image_size <= SMALL_IMAGE_MAX_SIZE
+    small_stem = image_size <= SMALL_IMAGE_MAX_SIZE and not standard_stem
 
     if name in NARROW_RESNETS:
         if weights is not None:

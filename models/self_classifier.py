@@ -66,7 +66,8 @@ def build_model(
     hidden_dim: int = 2048,
     num_hidden_layers: int = 2,
     weights: str | None = None,
+    standard_stem: bool = False,
 ) -> SelfClassifier:
     """Build a SelfClassifier around a named backbone (see ``models.backbones``)."""
-    module, feature_dim = build_backbone(backbone, image_size, weights)
+    module, feature_dim = build_backbone(backbone, image_size, weights, standard_stem)
     return SelfClassifier(module, feature_dim, class_counts, embedding_dim, hidden_dim, num_hidden_layers)
