@@ -30,7 +30,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Load a checkpoint written by ``save_checkpoint`` with ``weights_only=True``.
 
     Raises:
-        ValueError: if the file is missing, truncated or holds objects other
+        ValueError: if the file is missing, truncated or contains objects other
             than tensors and plain containers.
     """
     try:

@@ -78,10 +78,7 @@ embeddings, normalised again.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -90,6 +87,7 @@ import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
 from core.hierarchy import class_tree, coarse_to_fine_order, contingency_table, validate_assignments
+from core.json_files import write_json_atomic
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
 
@@ -220,8 +218,8 @@ def write_diagnostics(run_dir: Path) -> dict[str, Any]:
         table.classes, table.confidences, table.class_counts, table.head_names, embeddings
     )
     tree = class_tree(table.classes, table.head_names, table.class_counts)
-    _write_json_atomically(run_dir / DIAGNOSTICS_FILE, diagnostics)
-    _write_json_atomically(run_dir / CLASS_TREE_FILE, tree)
+    write_json_atomic(run_dir / DIAGNOSTICS_FILE, diagnostics, allow_nan=False)
+    write_json_atomic(run_dir / CLASS_TREE_FILE, tree, allow_nan=False)
     logger.info(
         "Wrote %s and %s. Recommended head: %s.", DIAGNOSTICS_FILE, CLASS_TREE_FILE, diagnostics["recommended_head"]
     )
@@ -595,13 +593,3 @@ def _load_embeddings(path: Path, num_images: int) -> np.ndarray | None:
             "label the folder again so that both files come from the same assignment."
         )
     return embeddings
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        temporary.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -7,9 +7,7 @@ be labeled as if it were unsorted and then scored.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Hashable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
+from core.json_files import write_json_atomic
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
 
@@ -98,7 +97,7 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
         _log_scores(name, heads[name])
     result = {"heads": heads, "primary": table.head_names[0]}
 
-    _write_json_atomically(files.evaluation, result)
+    write_json_atomic(files.evaluation, result)
     return result
 
 
@@ -136,12 +135,6 @@ def _log_scores(name: str, scores: dict[str, Any]) -> None:
         scores["num_true_classes"],
         scores["num_images"],
     )
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _check_lengths(

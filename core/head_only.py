@@ -49,11 +49,12 @@ from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig
+from core.json_files import write_json_atomic
 from core.loss import NUM_GLOBAL_VIEWS, SelfClassifierLoss
 from core.metrics_log import append_metrics, keep_epochs_up_to
 from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
 from core.run_files import RunFiles
-from core.train import TrainingDivergedError, TrainingState
+from core.train import TrainingDivergedError, TrainingState, budget_spent, training_progress
 from data.cache import ImageCache
 from data.transforms import AugmentConfig, MultiCropAugment, normalize
 from models.self_classifier import SelfClassifier
@@ -195,7 +196,7 @@ def load_or_compute_features(
     info_path.unlink(missing_ok=True)
     started = time.perf_counter()
     features = compute_view_features(backbone, cache.images, path, num_views, device, seed, augment)
-    _write_json(info_path, stamp)
+    write_json_atomic(info_path, stamp)
     logger.info(
         "Computed backbone features of %d images x %d views in %.1f s",
         len(cache), num_views + 1, time.perf_counter() - started,
@@ -230,12 +231,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, value: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------- training
@@ -302,14 +297,10 @@ class HeadTrainer:
         self.peak_lr = base_lr * self.batch_size / 256
 
     def progress(self) -> float:
-        """Fraction of training done, by steps or by the time budget, whichever is further."""
-        by_steps = self.state.step / max(1, self.config.epochs * self.steps_per_epoch)
-        if self.config.time_budget > 0:
-            return max(by_steps, self.state.elapsed_seconds / self.config.time_budget)
-        return by_steps
+        return training_progress(self.state, self.config, self.steps_per_epoch)
 
     def _budget_spent(self) -> bool:
-        return self.config.time_budget > 0 and self.state.elapsed_seconds >= self.config.time_budget
+        return budget_spent(self.state, self.config)
 
     def fit(self) -> TrainingState:
         """Train until the epochs or the time budget are used up, and return the training state.

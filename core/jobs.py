@@ -65,7 +65,7 @@ def prepare_images(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, Ima
     """Scan the folder, fill in automatic settings and decode the images once.
 
     Raises:
-        ValueError: if the folder holds no usable image.
+        ValueError: if the folder contains no usable image.
     """
     root = Path(config.image_folder)
     paths = scan_folder(root)
@@ -189,7 +189,7 @@ def assign(
 
     paths = scan_folder(root)
     if not paths:
-        raise ValueError(f"no image files found in {root}; point to a folder that holds images")
+        raise ValueError(f"no image files found in {root}; point to a folder that contains images")
     distributed.check_same_list(paths, f"list of image files in {root}")
     workers = config.workers if workers is None else workers
     result = assign_folder(model, root, paths, config.image_size, config.row_tau, embeddings_path, device, workers)

@@ -49,12 +49,25 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainingState:
-    """Where training stands; saved in every checkpoint."""
+    """Training progress, saved in every checkpoint."""
 
     epoch: int = 0
     step: int = 0
     elapsed_seconds: float = 0.0
     finished: bool = False
+
+
+def training_progress(state: TrainingState, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Return the fraction of training done, by steps or by the time budget, whichever is further."""
+    by_steps = state.step / max(1, config.epochs * steps_per_epoch)
+    if config.time_budget > 0:
+        return max(by_steps, state.elapsed_seconds / config.time_budget)
+    return by_steps
+
+
+def budget_spent(state: TrainingState, config: TrainConfig) -> bool:
+    """Return whether the time budget is set and used up."""
+    return config.time_budget > 0 and state.elapsed_seconds >= config.time_budget
 
 
 class MultiViewForward(nn.Module):
@@ -161,14 +174,10 @@ class Trainer:
     # Schedule and stopping
 
     def progress(self) -> float:
-        """Fraction of training done, by steps or by the time budget, whichever is further."""
-        by_steps = self.state.step / max(1, self.config.epochs * self.steps_per_epoch)
-        if self.config.time_budget > 0:
-            return max(by_steps, self.state.elapsed_seconds / self.config.time_budget)
-        return by_steps
+        return training_progress(self.state, self.config, self.steps_per_epoch)
 
     def _budget_spent(self) -> bool:
-        return self.config.time_budget > 0 and self.state.elapsed_seconds >= self.config.time_budget
+        return budget_spent(self.state, self.config)
 
     # Training
 
