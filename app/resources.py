@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from app.state import file_stamp, image_folder, load_config, load_edited_labels
+from core.appended_folders import read_appended_folders
 from core.assign import load_trained_model
 from core.edits import export_labels_csv
 from core.embedding_map import cached_embedding_map, load_or_compute_embedding_map
@@ -93,13 +94,14 @@ def preview(run_dir: Path, rel_path: str) -> tuple[bytes | None, str]:
         folder = image_folder(run_dir)
     except ValueError as error:
         return None, str(error)
-    return _preview(str(folder), rel_path)
+    extra = tuple(str(path) for path in read_appended_folders(run_dir))
+    return _preview(str(folder), rel_path, extra)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _preview(folder: str, rel_path: str) -> tuple[bytes | None, str]:
+def _preview(folder: str, rel_path: str, extra_folders: tuple[str, ...] = ()) -> tuple[bytes | None, str]:
     try:
-        image = load_preview(Path(folder), rel_path)
+        image = load_preview(Path(folder), rel_path, extra_folders=[Path(path) for path in extra_folders])
     except (UnsafePathError, ImageLoadError, OSError) as error:
         return None, str(error)
     buffer = io.BytesIO()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from core.appended_folders import read_appended_folders
 from core.config import TrainConfig
 from core.edits import Edit, EditedLabels, apply_edits, load_edits
 from core.labels_csv import LabelsTable, read_labels_csv
@@ -217,17 +218,19 @@ def load_skipped(run_dir: Path) -> list[dict[str, str]]:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _thumbnails(run_dir: str, image_folder: str) -> ThumbnailStore:
-    return ThumbnailStore(Path(image_folder), RunFiles(Path(run_dir)).thumbnails_dir)
+def _thumbnails(run_dir: str, image_folder: str, extra_folders: tuple[str, ...]) -> ThumbnailStore:
+    return ThumbnailStore(Path(image_folder), RunFiles(Path(run_dir)).thumbnails_dir,
+                          extra_folders=tuple(Path(folder) for folder in extra_folders))
 
 
 def thumbnail_store(run_dir: Path) -> ThumbnailStore:
-    """Return the run's thumbnail store, reading from the run's image folder.
+    """Return the run's thumbnail store, reading from the run's image folder and its appended folders.
 
     Raises:
         ValueError: if the image folder is missing.
     """
-    return _thumbnails(str(run_dir), str(image_folder(run_dir)))
+    extra = tuple(str(folder) for folder in read_appended_folders(run_dir))
+    return _thumbnails(str(run_dir), str(image_folder(run_dir)), extra)
 
 
 def image_folder(run_dir: Path) -> Path:

@@ -100,7 +100,7 @@ def new_run_form() -> None:
         minutes = left.number_input("Time budget (minutes)", min_value=0.5, value=10.0, step=0.5, key="new_minutes")
         epochs = right.number_input("Epochs", min_value=1, value=100, step=1, key="new_epochs")
         backbone = left.selectbox("Backbone", ("auto", *BACKBONES), key="new_backbone",
-                                  help="auto: resnet10n on a CPU, resnet18 on a GPU.")
+                                  help="auto: resnet10t on a CPU, resnet18 on a GPU.")
         device = right.selectbox("Device", DEVICES, key="new_device", help="auto: the GPU when PyTorch finds one.")
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:

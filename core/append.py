@@ -12,9 +12,9 @@ other. Two paths name the same image when their resolved absolute paths
 (symbolic links followed) are equal, so an image already in the run is not
 added again, whichever folder it is reached through.
 
-NOTE: the app's thumbnails (``core.thumbnails.check_relative_path``) reject
-paths with ``..``, so the app shows no picture for images appended from
-outside the image folder.
+Each folder that images were appended from is listed in
+``RUN/appended_folders.json``. The app reads images only inside the image
+folder and those listed folders (``core.thumbnails.resolve_image_path``).
 
 Derived files. When ``neighbours.faiss`` (``core.index``) was built from the
 previous embeddings.npy, the new embeddings are added to it. When
@@ -37,8 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from core import distributed
+from core.appended_folders import record_appended_folder
 from core.assign import Assignment, assign_folder, load_trained_model
 from core.config import TrainConfig
+from core.embedding_map import place_by_neighbours
 from core.index import embeddings_stamp, read_cache_info, write_cache_info
 from core.labels_csv import LabelsTable, read_labels_csv, write_labels_csv
 from core.run_files import RunFiles
@@ -48,9 +50,6 @@ from data.scan import scan_folder
 
 logger = logging.getLogger(__name__)
 
-MAP_NEIGHBOURS = 5
-# Similarities computed at once when placing new images on the map: 64 MiB of float32.
-SIMILARITY_BLOCK = 1 << 24
 COPY_ROWS = 65536
 
 
@@ -120,6 +119,7 @@ def append_to_run(
         skipped = [SkippedFile(stored_of[item.path], item.reason) for item in result.skipped]
         if added:
             _write_rows(files, table, added, result)
+            record_appended_folder(files, Path(folder))
     finally:
         scratch.unlink(missing_ok=True)
 
@@ -324,24 +324,3 @@ def _extend_map(files: RunFiles, old: np.ndarray, new: np.ndarray) -> None:
         {**info, **embeddings_stamp(files.embeddings), "rows": len(old) + len(new)},
     )
     logger.info("Placed %d new images on the 2-D map %s by their nearest neighbours", len(new), files.embedding_map)
-
-
-def place_by_neighbours(
-    old: np.ndarray, coordinates: np.ndarray, new: np.ndarray, neighbours: int = MAP_NEIGHBOURS
-) -> np.ndarray:
-    """Return (num_new, 2) positions: the mean position of each new embedding's nearest old ones.
-
-    Args:
-        old: (num_old, dim) unit-norm embeddings already on the map.
-        coordinates: (num_old, 2) their map positions.
-        new: (num_new, dim) unit-norm embeddings to place.
-        neighbours: old embeddings averaged per new one, by cosine similarity.
-    """
-    count = min(neighbours, len(old))
-    placed = np.empty((len(new), 2), dtype=np.float32)
-    rows_per_block = max(1, SIMILARITY_BLOCK // max(1, len(old)))
-    for start in range(0, len(new), rows_per_block):
-        similarities = new[start:start + rows_per_block] @ old.T
-        nearest = np.argpartition(-similarities, count - 1, axis=1)[:, :count]
-        placed[start:start + rows_per_block] = coordinates[nearest].mean(axis=1)
-    return placed

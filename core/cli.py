@@ -38,7 +38,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="images per step over all processes, split evenly between them "
              "(default: 256, or fewer if the folder is smaller)")
     add("--backbone", choices=("auto",) + BACKBONES,
-        help="network before the projection; auto picks resnet10n on CPU and resnet18 on CUDA")
+        help="network before the projection; auto picks resnet10t on CPU and resnet18 on CUDA")
     add("--image-size", type=int, metavar="PIXELS",
         help="side of the global crops (default: the images' typical size, at most 64 on CPU and 224 on CUDA)")
     add("--local-crops", type=int, help="number of small local crops per image (default: 0)")

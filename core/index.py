@@ -30,8 +30,9 @@ from models.self_classifier import SelfClassifier
 logger = logging.getLogger(__name__)
 
 # Above this many embeddings the index is HNSW. A flat search reads every
-# vector, 51 MB for 100,000 embeddings of 128 floats, for each query.
-EXACT_SEARCH_LIMIT = 100_000
+# vector for each query (26 MB for 50,000 embeddings of 128 floats), so the
+# neighbours of every image cost time that grows with the square of the run size.
+EXACT_SEARCH_LIMIT = 50_000
 HNSW_LINKS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128

@@ -87,3 +87,8 @@ class RunFiles:
     def train_output(self) -> Path:
         """Standard output and error of a training process started in the background."""
         return self.root / "train_output.log"
+
+    @property
+    def appended_folders(self) -> Path:
+        """Absolute paths of the folders whose images were appended to the run, as a JSON list."""
+        return self.root / "appended_folders.json"

@@ -23,7 +23,7 @@ MIN_IMAGES = 4
 DEFAULT_BATCH_SIZE = 256
 # Largest automatic image side; bigger inputs cost too much on a CPU.
 MAX_AUTO_IMAGE_SIZE = {"cpu": 64, "cuda": 224}
-DEFAULT_BACKBONE = {"cpu": "resnet10n", "cuda": "resnet18"}
+DEFAULT_BACKBONE = {"cpu": "resnet10t", "cuda": "resnet18"}
 # Backbone that ``--init imagenet`` picks when --backbone is auto.
 DEFAULT_IMAGENET_BACKBONE = "resnet18"
 SIZE_SAMPLE = 256

@@ -1,10 +1,11 @@
 """Small JPEG thumbnails of a run's images, and the check that keeps reads inside the image folder.
 
 Every image the app shows is read through :func:`resolve_image_path`. It
-rejects absolute paths and ``..`` components, and it requires the resolved
-path, after following symlinks, to lie inside the resolved image folder. So
-a path from labels.csv, an edit file or a query string cannot make the app
-open a file outside the run's image folder.
+rejects absolute paths and requires the resolved path, after following
+symlinks, to lie inside the resolved image folder or inside one of the
+folders that images were appended from (``core.append``), the only place
+where labels.csv paths contain ``..``. So a path from labels.csv, an edit
+file or a query string cannot make the app open any other file.
 
 Thumbnails are decoded once, turned upright by their EXIF orientation,
 shrunk to fit a square of ``side`` pixels and stored as JPEG files under
@@ -35,11 +36,11 @@ THUMBNAIL_WORKERS = 2
 
 
 class UnsafePathError(ValueError):
-    """Error for an image path that is absolute, contains ``..`` or resolves outside the image folder."""
+    """Error for an image path that is absolute or resolves outside the folders the app may read."""
 
 
-def check_relative_path(rel_path: str) -> None:
-    """Raise UnsafePathError unless ``rel_path`` is a relative path with no ``..`` component.
+def check_relative_path(rel_path: str, allow_parent: bool = False) -> None:
+    """Raise UnsafePathError unless ``rel_path`` is a relative path, with no ``..`` component unless allowed.
 
     Both ``/`` and ``\\`` count as separators here, so ``a\\..\\b`` is rejected too.
     """
@@ -50,36 +51,45 @@ def check_relative_path(rel_path: str) -> None:
     parts = rel_path.replace("\\", "/").split("/")
     if rel_path.startswith(("/", "\\")) or (os.name == "nt" and PureWindowsPath(rel_path).drive):
         raise UnsafePathError(f"image path {rel_path!r} is absolute; paths must be relative to the image folder")
-    if ".." in parts:
+    if ".." in parts and not allow_parent:
         raise UnsafePathError(f"image path {rel_path!r} contains '..'; paths must stay inside the image folder")
 
 
-def resolve_image_path(image_folder: Path, rel_path: str) -> Path:
-    """Return the real path of ``rel_path`` under ``image_folder``.
+def resolve_image_path(image_folder: Path, rel_path: str, extra_folders: Sequence[Path] = ()) -> Path:
+    """Return the real path of ``rel_path``, relative to ``image_folder``.
+
+    Args:
+        extra_folders: folders outside ``image_folder`` that ``rel_path``
+            may reach with ``..``, the folders images were appended from.
 
     Raises:
-        UnsafePathError: if ``rel_path`` is absolute, contains ``..``, or resolves
-            (through a symlink) to a file outside ``image_folder``.
+        UnsafePathError: if ``rel_path`` is absolute, or resolves (through
+            ``..`` or a symlink) to a file outside ``image_folder`` and every
+            one of ``extra_folders``. Without ``extra_folders``, any ``..`` is rejected.
     """
-    check_relative_path(rel_path)
+    check_relative_path(rel_path, allow_parent=bool(extra_folders))
     root = Path(image_folder).resolve()
     candidate = (root / rel_path).resolve()
-    if not candidate.is_relative_to(root):
+    allowed = [root, *(Path(folder).resolve() for folder in extra_folders)]
+    if not any(candidate.is_relative_to(folder) for folder in allowed):
         raise UnsafePathError(
-            f"image path {rel_path!r} resolves to {candidate}, outside the image folder {root}; "
-            "a symlink points out of the folder"
+            f"image path {rel_path!r} resolves to {candidate}, outside the image folder {root}"
+            + (" and the appended folders" if extra_folders else "")
+            + "; a symlink or '..' points out of the folder"
         )
     return candidate
 
 
-def load_preview(image_folder: Path, rel_path: str, side: int = PREVIEW_SIDE) -> Image.Image:
+def load_preview(
+    image_folder: Path, rel_path: str, side: int = PREVIEW_SIDE, extra_folders: Sequence[Path] = ()
+) -> Image.Image:
     """Decode one image of the folder, upright, shrunk to fit a square of ``side`` pixels.
 
     Raises:
-        UnsafePathError: if the path leaves the image folder.
+        UnsafePathError: if the path leaves the image folder and ``extra_folders``.
         ImageLoadError: if the file cannot be decoded.
     """
-    image = load_rgb(resolve_image_path(image_folder, rel_path))
+    image = load_rgb(resolve_image_path(image_folder, rel_path, extra_folders))
     image.thumbnail((side, side), Image.Resampling.LANCZOS)
     return image
 
@@ -88,12 +98,14 @@ def load_preview(image_folder: Path, rel_path: str, side: int = PREVIEW_SIDE) ->
 class ThumbnailStore:
     """Thumbnails of the images under ``image_folder``, kept as JPEG files under ``folder``.
 
-    A thumbnail is remade when its source file is newer than it.
+    A thumbnail is remade when its source file is newer than it. Images in
+    ``extra_folders`` (folders appended to the run) can be shown too.
     """
 
     image_folder: Path
     folder: Path
     side: int = THUMBNAIL_SIDE
+    extra_folders: tuple[Path, ...] = ()
 
     def path_for(self, rel_path: str) -> Path:
         """Return where the thumbnail of ``rel_path`` is stored: a hash of the path, in 256 sub-folders."""
@@ -107,7 +119,7 @@ class ThumbnailStore:
             UnsafePathError: if the path leaves the image folder.
             ImageLoadError: if the source image cannot be decoded.
         """
-        source = resolve_image_path(self.image_folder, rel_path)
+        source = resolve_image_path(self.image_folder, rel_path, self.extra_folders)
         target = self.path_for(rel_path)
         try:
             if target.stat().st_mtime_ns >= source.stat().st_mtime_ns:

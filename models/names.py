@@ -10,5 +10,5 @@ TORCHVISION_RESNETS = (
     "wide_resnet50_2",
 )
 # Stage widths of the narrow ResNets built in models.backbones.
-NARROW_RESNETS = {"resnet10n": (32, 64, 128, 256)}
+NARROW_RESNETS = {"resnet10t": (16, 32, 64, 128), "resnet10n": (32, 64, 128, 256)}
 BACKBONES = tuple(NARROW_RESNETS) + TORCHVISION_RESNETS

@@ -256,6 +256,23 @@ def test_classes_gallery_and_details(small_run):
     assert len(neighbour_opens) == 8
 
 
+def test_images_appended_from_outside_are_shown(run_copy, tmp_path):
+    from app.resources import preview
+    from app.state import thumbnail_store
+    from core.jobs import append
+
+    outside = copy_demo_images(tmp_path / "later", per_class=1)
+    added = append(run_copy, outside, device_name="cpu", workers=0).added
+    assert added[0].startswith("../")
+
+    store = thumbnail_store(run_copy)
+    for path in added:
+        assert store.get(path).is_file()
+    data, reason = preview(run_copy, added[0])
+    assert reason == ""
+    assert data[:2] == b"\xff\xd8"
+
+
 def test_classes_least_confident_view_is_sorted(small_run):
     app = open_page(small_run, "pages/3_Classes.py")
     app.radio(key="classes_view").set_value("Least confident, all classes").run()

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from conftest import DEMO
 
-from core.append import append_to_run, labels_path, place_by_neighbours, select_new_images
+from core.append import append_to_run, labels_path, select_new_images
+from core.appended_folders import read_appended_folders
 from core.cli import main
 from core.config import TrainConfig
+from core.embedding_map import place_by_neighbours
 from core.jobs import assign
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
@@ -76,6 +78,7 @@ def test_append_adds_rows_of_second_folder(run, second_folder, tmp_path):
     image_root = Path(TrainConfig.load(files.config).image_folder)
     for path in result.added:
         assert (image_root / path).resolve().is_relative_to(second_folder.resolve())
+    assert read_appended_folders(run) == [second_folder.resolve()]
 
 
 def test_appended_rows_match_plain_assign(run, second_folder, tmp_path):

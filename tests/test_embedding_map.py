@@ -54,11 +54,26 @@ def test_large_runs_fit_on_a_sample(monkeypatch):
     assert messages[2] == "Placing embeddings 1 to 30 of the other 30"
 
 
+def test_points_outside_the_sample_land_in_their_cluster():
+    vectors = _clusters(400)
+    cluster = np.arange(400) % 4
+
+    coordinates = compute_embedding_map(vectors, sample_size=100, seed=0)
+
+    sample = np.sort(np.random.default_rng(0).choice(400, size=100, replace=False))
+    rest = np.setdiff1d(np.arange(400), sample)
+    distances = np.linalg.norm(coordinates[rest][:, None] - coordinates[sample][None], axis=2)
+    nearest_on_map = sample[distances.argmin(axis=1)]
+    assert (cluster[nearest_on_map] == cluster[rest]).mean() > 0.95
+
+
 def test_invalid_input_raises():
     with pytest.raises(ValueError, match="must be \\(num_images, dim\\)"):
         compute_embedding_map(np.ones(4, dtype=np.float32))
     with pytest.raises(ValueError, match="sample size must be at least 4"):
         compute_embedding_map(_clusters(10), sample_size=2)
+    with pytest.raises(ValueError, match="unknown placement 'tsne'"):
+        compute_embedding_map(_clusters(10), placement="tsne")
 
 
 def test_map_is_cached_in_the_run_directory(tmp_path, monkeypatch):

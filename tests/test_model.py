@@ -46,9 +46,18 @@ def test_small_images_get_small_stem():
 
 
 def test_feature_dims_match_built_backbones():
-    for name in ("resnet10n", "resnet18", "resnet50"):
-        _, dim = build_backbone(name, 32)
+    for name in ("resnet10t", "resnet10n", "resnet18", "resnet50"):
+        backbone, dim = build_backbone(name, 32)
         assert dim == backbone_feature_dim(name)
+        assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_resnet10t_halves_resnet10n_widths():
+    tiny, tiny_dim = build_backbone("resnet10t", 32)
+    narrow, narrow_dim = build_backbone("resnet10n", 32)
+    assert (tiny_dim, narrow_dim) == (128, 256)
+    assert tiny.stem[0].out_channels == 16
+    assert narrow.stem[0].out_channels == 32
 
 
 def test_unknown_backbone_and_bad_heads():

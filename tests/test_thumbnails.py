@@ -158,3 +158,29 @@ def test_thumbnail_store_never_reads_outside(folder, tmp_path):
     with pytest.raises(UnsafePathError):
         store.get("link.jpg")
     assert not store.path_for("link.jpg").exists()
+
+
+def test_resolve_image_path_reaches_appended_folder(folder, tmp_path):
+    appended = _save_jpeg(tmp_path / "new" / "cat.jpg", (40, 40))
+
+    resolved = resolve_image_path(folder, "../new/cat.jpg", extra_folders=[tmp_path / "new"])
+
+    assert resolved == appended.resolve()
+
+
+def test_resolve_image_path_rejects_dot_dot_past_appended_folders(folder, tmp_path):
+    _save_jpeg(tmp_path / "private" / "secret.jpg", (40, 40))
+    (tmp_path / "new").mkdir()
+
+    with pytest.raises(UnsafePathError, match="outside the image folder .* and the appended folders"):
+        resolve_image_path(folder, "../private/secret.jpg", extra_folders=[tmp_path / "new"])
+    with pytest.raises(UnsafePathError, match="is absolute"):
+        resolve_image_path(folder, str(tmp_path / "new" / "cat.jpg"), extra_folders=[tmp_path / "new"])
+
+
+def test_thumbnail_store_shows_appended_images(folder, tmp_path):
+    _save_jpeg(tmp_path / "new" / "cat.jpg", (300, 150))
+    store = ThumbnailStore(folder, tmp_path / "thumbs", side=100, extra_folders=(tmp_path / "new",))
+
+    with Image.open(store.get("../new/cat.jpg")) as thumbnail:
+        assert thumbnail.size == (100, 50)
