@@ -24,10 +24,10 @@ logger = logging.getLogger("core")
 FIELD_OF_OPTION = {"classes": "class_counts", "lr": "base_lr", "nn_queue": "nn_queue_size"}
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
+def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> None:
     """Add the training settings; every default is TrainConfig's, so unset options stay unset."""
     add = parser.add_argument
-    add("folder", type=Path, help="folder of images to label (sub-folders are searched too)")
+    add("folder", type=Path, help=folder_help)
     add("--out", type=Path, required=True, help="run directory for the checkpoint, labels and logs")
     add("--classes", type=int, nargs="+", metavar="C",
         help="class count of each head; the first is the primary head (default: 10 20 40)")
@@ -108,14 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     label = commands.add_parser("label", help="train on a folder, then assign its images and write labels.csv")
-    _add_training_options(label)
+    _add_training_options(label, "folder of images to label (sub-folders are searched too)")
     train = commands.add_parser("train", help="train only; resumes if the run directory has a checkpoint")
-    _add_training_options(train)
+    _add_training_options(train, "folder of images to train on (sub-folders are searched too)")
 
     assign = commands.add_parser("assign", help="label a folder with a trained run")
     assign.add_argument("run", type=Path, help="run directory of a trained run")
     assign.add_argument("folder", type=Path, nargs="?", help="folder to label (default: the run's own folder)")
-    assign.add_argument("--csv", type=Path, help="where to write the labels (default: RUN/labels.csv)")
+    assign.add_argument("--csv", type=Path, help="where to write the labels (default: RUN/labels.csv, for the run's "
+                        "own folder only; another FOLDER needs --csv or --append)")
     assign.add_argument("--device", choices=DEVICES, default="auto", help="where to run the model (default: auto)")
     assign.add_argument("--workers", type=int, help="processes that decode images (default: the run's setting)")
     assign.add_argument(

@@ -57,7 +57,7 @@ Consequences of the rule:
   head sizes more than how well they fit.
 * When the recommended head's own lambda is below 0.5, the heads barely nest
   and the fallback warning adds that the choice is weak.
-* When no head with a larger head is usable, the head with the fewest empty or
+* When no usable head has a larger head to nest into it, the head with the fewest empty or
   tiny classes (then the fewest classes) is recommended with a warning. When
   all heads have the same class count, the primary head is recommended.
 
@@ -443,7 +443,7 @@ def recommend_head(
     if not checked:
         best = min(head_names, key=lambda n: (heads[n]["unused_class_share"], count_of[n]))
         reason = (
-            f"No head with a larger head is usable, so {best} is recommended because it has the smallest "
+            f"No usable head has a larger head to nest into it, so {best} is recommended because it has the smallest "
             f"share of empty or tiny classes ({heads[best]['unused_class_share']:.0%})."
         )
         return Recommendation(best, reason, reason)
@@ -463,7 +463,8 @@ def recommend_head(
     reason = (
         f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because nesting drops "
         f"most after it: {', '.join(stats['refined_by'])} nests into it with lambda "
-        f"{stats['refinement_lambda']:.2f}, a drop of {stats['refinement_drop']:.2f} to the next level."
+        f"{stats['refinement_lambda']:.2f}, against "
+        f"{stats['refinement_lambda'] - stats['refinement_drop']:.2f} for the next larger head."
     )
     if stats["refinement_lambda"] < WEAK_NESTING_LAMBDA:
         return Recommendation(best, reason, f"{reason} The heads barely nest, so this choice is weak.")

@@ -166,7 +166,8 @@ def assign(
 ) -> Assignment | None:
     """Assign the images of ``folder`` (default: the run's own folder) with a trained run.
 
-    Labels go to ``csv_path`` (default ``RUN/labels.csv``). For the run's own
+    Labels go to ``csv_path`` (default ``RUN/labels.csv``, for the run's own
+    folder only; another folder needs a separate ``csv_path``). For the run's own
     folder the embeddings go to ``RUN/embeddings.npy`` and the skipped
     files to ``RUN/skipped.csv``; for another folder they go beside the CSV
     as ``NAME.embeddings.npy`` and ``NAME.skipped.csv``.
@@ -180,6 +181,13 @@ def assign(
     model, config = load_trained_model(run_dir, device)
     root = Path(folder) if folder is not None else Path(config.image_folder)
     own_folder = folder is None or root.resolve() == Path(config.image_folder).resolve()
+    if not own_folder and (csv_path is None or Path(csv_path).resolve() == files.labels.resolve()):
+        # RUN/labels.csv must keep matching embeddings.npy and the run's own images.
+        raise ValueError(
+            f"{root} is not the run's image folder ({config.image_folder}), so its labels would replace "
+            f"{files.labels}. Pass --csv NEW.csv to write them to a separate file, or --append to add "
+            "its images to the run."
+        )
     csv_path = Path(csv_path) if csv_path is not None else files.labels
     if own_folder:
         embeddings_path, skipped_path = files.embeddings, files.skipped

@@ -91,6 +91,19 @@ def test_appended_rows_match_plain_assign(run, second_folder, tmp_path):
     np.testing.assert_allclose(np.load(RunFiles(run).embeddings)[16:], plain.embeddings, atol=1e-6)
 
 
+def test_assign_other_folder_keeps_run_labels(run, second_folder):
+    files = RunFiles(run)
+    before = files.labels.read_bytes()
+
+    with pytest.raises(ValueError, match="not the run's image folder .* Pass --csv NEW.csv"):
+        assign(run, second_folder, None, "cpu", 0)
+    with pytest.raises(ValueError, match="would replace"):
+        assign(run, second_folder, files.labels, "cpu", 0)
+
+    assert files.labels.read_bytes() == before
+    assert not (run / "labels.embeddings.npy").exists()
+
+
 def test_append_twice_adds_nothing(run, second_folder):
     append_to_run(run, second_folder, device_name="cpu", workers=0)
     labels_before = RunFiles(run).labels.read_bytes()

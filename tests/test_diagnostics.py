@@ -286,7 +286,7 @@ def test_recommend_head_without_usable_checked_head():
     recommendation = recommend_head(_rule_heads(lambdas, usable), NAMES, COUNTS)
 
     assert recommendation.head == "k40"
-    assert "No head with a larger head is usable" in recommendation.warning
+    assert "No usable head has a larger head to nest into it" in recommendation.warning
 
 
 def test_recommend_head_equal_counts_picks_primary():
