@@ -196,7 +196,7 @@ def _assign(
 
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    progress = tqdm(total=capacity, desc="assign", unit="img", leave=False, disable=not distributed.is_main_process())
+    progress = tqdm(total=capacity, desc="assign", unit="img", leave=False, disable=distributed.progress_bar_disabled())
     with autocast, progress as bar:
         for rows, images in batches:
             pixels = normalize(images.to(device).permute(0, 3, 1, 2).float().div_(255))

@@ -301,3 +301,12 @@ def gather_rows(local: np.ndarray, out: np.ndarray | None, chunk_rows: int = 655
             valid = max(0, min(chunk_rows, counts[index] - first))
             start = offsets[index] + first
             out[start:start + valid] = part[:valid].numpy()
+
+
+def progress_bar_disabled() -> bool | None:
+    """Return tqdm's ``disable`` value: hidden on processes other than the main one.
+
+    On the main process it is None, which tqdm reads as "show only on a
+    terminal", so log files receive log lines without progress bars.
+    """
+    return None if is_main_process() else True

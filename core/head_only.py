@@ -133,7 +133,7 @@ def compute_view_features(
 
     partial = path.with_name(path.stem + ".partial.npy")
     output: np.ndarray | None = None
-    with tqdm(total=len(images), desc="features", unit="img", leave=False) as bar:
+    with tqdm(total=len(images), desc="features", unit="img", leave=False, disable=None) as bar:
         for start in range(0, len(images), FEATURE_BATCH):
             pixels = torch.from_numpy(np.array(images[start:start + FEATURE_BATCH])).to(device)
             features = _batch_view_features(backbone, pixels, num_views, augmenter, generator, device)

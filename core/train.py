@@ -214,7 +214,7 @@ class Trainer:
         losses = []
 
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.state.epoch + 1}",
-                   disable=not distributed.is_main_process(), leave=False)
+                   disable=distributed.progress_bar_disabled(), leave=False)
         for step in range(self.steps_per_epoch):
             if self._budget_spent():
                 logger.info("Time budget of %.0f s spent; stopping", self.config.time_budget)

@@ -99,7 +99,7 @@ def iter_decoded(
         collate_fn=_collate,
         persistent_workers=False,
     )
-    with tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None) as bar:
+    with tqdm(total=len(paths), desc=progress, unit="img", disable=True if progress is None else None) as bar:
         for batch in loader:
             yield from batch
             bar.update(len(batch))
