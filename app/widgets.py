@@ -187,6 +187,15 @@ def clear_selection() -> None:
     st.session_state["selection_generation"] = st.session_state.get("selection_generation", 0) + 1
 
 
+def show_preview(run_dir: Path, rel_path: str) -> None:
+    """Draw a large view of one image of the run, or a warning saying why it cannot be shown."""
+    data, reason = resources.preview(run_dir, rel_path)
+    if data is None:
+        st.warning(f"The image cannot be shown: {escape(reason)}")
+    else:
+        st.image(data, width="stretch")
+
+
 def image_details(run_dir: Path, edited: EditedLabels, rel_path: str, key: str) -> None:
     """Show one image large, with its path, class and confidence per head, and its nearest neighbours."""
     row = path_rows(run_dir).get(rel_path)
@@ -196,11 +205,7 @@ def image_details(run_dir: Path, edited: EditedLabels, rel_path: str, key: str) 
 
     picture, about = st.columns([2, 3])
     with picture:
-        data, reason = resources.preview(run_dir, rel_path)
-        if data is None:
-            st.warning(f"The image cannot be shown: {escape(reason)}")
-        else:
-            st.image(data, width="stretch")
+        show_preview(run_dir, rel_path)
     with about:
         st.code(rel_path, language=None, wrap_lines=True)
         st.dataframe(_head_rows(edited, row), hide_index=True, width="stretch")

@@ -227,7 +227,9 @@ def run_label_command(root: Path, run_dir: Path, train_seconds: float) -> tuple[
         sys.stderr.write(result.stderr[-2000:])
         return seconds, float("nan"), {"exit": result.returncode}
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return seconds, peak, {"labels": sum(1 for _ in open(run_dir / "labels.csv", encoding="utf-8")) - 1}
+    with open(run_dir / "labels.csv", encoding="utf-8") as labels:
+        rows = sum(1 for _ in labels) - 1
+    return seconds, peak, {"labels": rows}
 
 
 def compare_maps(run_dir: Path) -> None:

@@ -78,7 +78,8 @@ def compute_embedding_map(
 
     sample = np.sort(np.random.default_rng(seed).choice(count, size=sample_size, replace=False))
     report(f"Fitting UMAP on a sample of {sample_size} of {count} embeddings")
-    reducer.fit(vectors[sample])
+    sampled = vectors[sample]
+    reducer.fit(sampled)
     coordinates = np.empty((count, 2), dtype=np.float32)
     coordinates[sample] = reducer.embedding_
 
@@ -90,7 +91,7 @@ def compute_embedding_map(
         if placement == "umap":
             coordinates[chunk] = reducer.transform(vectors[chunk])
         else:
-            coordinates[chunk] = place_by_neighbours(vectors[sample], reducer.embedding_, vectors[chunk])
+            coordinates[chunk] = place_by_neighbours(sampled, reducer.embedding_, vectors[chunk])
     return coordinates
 
 

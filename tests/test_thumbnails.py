@@ -168,7 +168,7 @@ def test_resolve_image_path_reaches_appended_folder(folder, tmp_path):
     assert resolved == appended.resolve()
 
 
-def test_resolve_image_path_rejects_dot_dot_past_appended_folders(folder, tmp_path):
+def test_dot_dot_outside_appended_folders_rejected(folder, tmp_path):
     _save_jpeg(tmp_path / "private" / "secret.jpg", (40, 40))
     (tmp_path / "new").mkdir()
 

@@ -19,6 +19,7 @@ from app.widgets import (  # noqa: E402
     require_edited_labels,
     require_run,
     run_page,
+    show_preview,
     start_page,
 )
 from core.edits import EditedLabels  # noqa: E402
@@ -91,11 +92,8 @@ def main() -> None:
             return
         row = path_rows(run_dir)[chosen]
         picture, about = st.columns([1, 2])
-        data, reason = resources.preview(run_dir, chosen)
-        if data is None:
-            picture.warning(f"The image cannot be shown: {escape(reason)}")
-        else:
-            picture.image(data, width="stretch")
+        with picture:
+            show_preview(run_dir, chosen)
         with about:
             st.code(chosen, language=None, wrap_lines=True)
             show_classes(edited, edited.classes[row].tolist(), edited.table.confidences[row].tolist())
