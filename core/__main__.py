@@ -1,3 +1,4 @@
+from core import distributed
 from core.cli import main
 
-raise SystemExit(main())
+distributed.exit_process(main())

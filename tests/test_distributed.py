@@ -209,6 +209,7 @@ def _stalled_peer_worker(rank: int, port: int, out: Path, timeout: float) -> Non
     except RuntimeError as error:
         outcome = str(error)
     outcome_file.write_text(f"{time.monotonic() - started}\n{outcome}")
+    distributed.exit_process(0)
 
 
 def test_stalled_peer_raises_after_timeout(tmp_path):
