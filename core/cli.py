@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core import distributed, jobs
-from core.config import DEVICES, TrainConfig
+from core.config import DEVICES, PRECISIONS, TrainConfig
 from core.evaluate import evaluate_run
 from core.logs import setup_logging
 from core.run_files import RunFiles
@@ -44,6 +44,10 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
     add("--local-crops", type=int, help="number of small local crops per image (default: 0)")
     add("--local-size", type=int, metavar="PIXELS", help="side of the local crops (default: 96/224 of the image size)")
     add("--device", choices=DEVICES, help="where to train (default: auto, CUDA when available)")
+    add("--precision", choices=PRECISIONS,
+        help="number format of training: bf16 (bfloat16 autocast) or fp32. auto picks bf16 on CUDA and on "
+             "CPUs with bfloat16 units (AMX or AVX512-BF16, where it trains about 1.5 times faster), "
+             "fp32 elsewhere (default: auto)")
     add("--seed", type=int, help="random seed (default: 0)")
     add("--workers", type=int, help="processes that decode images (default: number of cores, at most 8)")
     add("--lr", type=float,

@@ -11,6 +11,7 @@ from typing import Any
 from models.names import BACKBONES
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class TrainConfig:
     hidden_layers: int = 2
     nn_queue_size: int = 0
     sync_batchnorm: bool = False
+    # "auto", "bf16" or "fp32"; resolved by core.precision.
+    precision: str = "auto"
     # Initial weights: "" (random), "imagenet", a weights file or a run directory (models.weights).
     init: str = ""
     # Keep torchvision's 7x7 stem for images <= 64 px; set by resolve_config when init needs it.
@@ -72,6 +75,8 @@ class TrainConfig:
         )
         _check(self.image_size == 0 or self.image_size >= 16, f"image size must be >= 16, got {self.image_size}")
         _check(self.local_crops >= 0, f"local crops must be >= 0, got {self.local_crops}")
+        _check(self.precision in PRECISIONS,
+               f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.base_lr > 0, f"learning rate must be positive, got {self.base_lr}")
         _check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")

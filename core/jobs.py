@@ -37,8 +37,8 @@ def load_or_create_config(run_dir: Path, config: TrainConfig, overrides: dict) -
     """Return the settings for training ``run_dir``.
 
     A new run uses ``config``. An existing run (one with ``config.json``)
-    keeps its saved settings, except ``epochs``, ``time_budget``, ``device``
-    and ``workers``, which ``overrides`` may change to continue training.
+    keeps its saved settings, except ``epochs``, ``time_budget``, ``device``,
+    ``precision`` and ``workers``, which ``overrides`` may change to continue training.
 
     Raises:
         ValueError: if ``overrides`` changes a setting that a resumed run must keep.
@@ -47,7 +47,7 @@ def load_or_create_config(run_dir: Path, config: TrainConfig, overrides: dict) -
     if not files.config.exists():
         return config
     saved = TrainConfig.load(files.config)
-    changeable = {"epochs", "time_budget", "device", "workers"}
+    changeable = {"epochs", "time_budget", "device", "precision", "workers"}
     conflicts = {
         name: value for name, value in overrides.items()
         if name not in changeable and getattr(saved, name) != value

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from core.config import TrainConfig
+from core.precision import resolve_precision
 from data.cache import SkippedFile
 from data.images import read_image_size
 from models.backbones import backbone_feature_dim
@@ -46,13 +47,15 @@ def resolve_config(config: TrainConfig, root: Path, paths: Sequence[str]) -> Tra
     """Fill in every automatic setting from the initial weights, the images and the machine."""
     config = resolve_init(config)
     device = resolve_device(config.device).type
+    precision = resolve_precision(config.precision, torch.device(device))
     backbone = config.backbone if config.backbone != "auto" else DEFAULT_BACKBONE[device]
     image_size = config.image_size or auto_image_size(root, paths, MAX_AUTO_IMAGE_SIZE[device])
     local_size = config.local_size or max(16, _round_to(image_size * 96 / 224, 8))
     workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
     hidden_dim = config.hidden_dim or 2 * backbone_feature_dim(backbone)
     return config.replace(
-        backbone=backbone, image_size=image_size, local_size=local_size, workers=workers, hidden_dim=hidden_dim
+        backbone=backbone, image_size=image_size, local_size=local_size, workers=workers, hidden_dim=hidden_dim,
+        precision=precision,
     )
 
 

@@ -19,6 +19,7 @@ from core.loss import SelfClassifierLoss
 from core.metrics_log import append_metrics, keep_epochs_up_to
 from core.nn_queue import NearestNeighbourQueue
 from core.optim import FINETUNE_BACKBONE_LR_SCALE, LARS, learning_rate, parameter_groups, set_learning_rate
+from core.precision import autocast
 from core.run_files import RunFiles
 from data.cache import ImageCache, read_batch
 from data.transforms import AugmentConfig, MultiCropAugment
@@ -267,7 +268,7 @@ class Trainer:
         set_learning_rate(self.optimizer, learning_rate(self.progress(), self.peak_lr,
                                                         self.config.warmup_fraction))
 
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with autocast(self.device, self.config.precision):
             logits, view1 = self.forward(views, indices_tensor)
             loss = self.criterion(logits)
         if not torch.isfinite(loss):

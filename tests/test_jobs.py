@@ -100,6 +100,16 @@ def test_resume_with_other_settings_is_rejected(demo_folder, tmp_path, capsys):
     assert "seed=5" in capsys.readouterr().err
 
 
+def test_resume_may_change_precision(demo_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", "--precision", "bf16", *FAST]) == 0
+    assert TrainConfig.load(run / "config.json").precision == "bf16"
+
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "2", "--precision", "fp32", *FAST]) == 0
+    assert TrainConfig.load(run / "config.json").precision == "fp32"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def _config(folder: Path, epochs: int) -> TrainConfig:
     return TrainConfig(image_folder=str(folder), class_counts=(4, 8), epochs=epochs, batch_size=16,
                        image_size=32, workers=0, hidden_dim=64, nn_queue_size=32)

@@ -34,7 +34,8 @@ def test_too_few_images_message():
     ("changes", "message"),
     [({"class_counts": (10, 1)}, "at least 2, got 1"), ({"class_counts": ()}, "at least one class count"),
      ({"backbone": "vgg"}, "unknown backbone 'vgg'"), ({"device": "tpu"}, "unknown device 'tpu'"),
-     ({"epochs": 0}, "epochs must be at least 1"), ({"batch_size": 1}, "batch size must be at least 2")],
+     ({"precision": "fp16"}, "unknown precision 'fp16'"), ({"epochs": 0}, "epochs must be at least 1"),
+     ({"batch_size": 1}, "batch size must be at least 2")],
 )
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,45 @@
+"""Number format of the network's arithmetic: bfloat16 autocast where the hardware runs it fast.
+
+bfloat16 halves the memory traffic of convolutions, and CUDA GPUs and CPUs
+with AMX or AVX512-BF16 units (for example Intel Xeon since Sapphire Rapids)
+run it on dedicated hardware. Losses, softmaxes and optimiser updates stay in
+float32 under autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from core.config import PRECISIONS
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Return whether this CPU has bfloat16 matrix units (AMX) or instructions (AVX512-BF16)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """Return ``bf16`` or ``fp32`` for a precision setting of ``auto``, ``bf16`` or ``fp32``.
+
+    ``auto`` picks bfloat16 on CUDA and on CPUs with fast bfloat16, float32
+    elsewhere, where bfloat16 would be emulated and slower.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Return a context that runs the network in bfloat16 when ``precision`` resolves to bf16."""
+    enabled = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
