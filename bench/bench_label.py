@@ -54,16 +54,29 @@ def kmeans_on_pixels(folder: Path, classes: int, seed: int, cache_dir: Path) -> 
     return evaluate_assignments([ground_truth_label(p) for p in cache.paths], clusters)
 
 
+def cpu_name() -> str:
+    """Return the CPU model from /proc/cpuinfo, or the architecture where that file is missing."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(args: argparse.Namespace, ours: dict, baseline: dict, seconds: float, peak_mib: float,
            metrics: list[dict]) -> str:
     steady = [m["images_per_second"] for m in metrics[1:]] or [metrics[0]["images_per_second"]]
     head = ours["heads"][ours["primary"]]
+    config = json.loads((args.out / "config.json").read_text(encoding="utf-8"))
     lines = [
         f"### Clustering quality: `label` vs k-means on pixels ({time.strftime('%Y-%m-%d')})",
         "",
         f"Command: `python bench/bench_label.py {args.folder} --budget {args.budget:g} "
         + (f"-- {' '.join(args.extra)}" if args.extra else "").strip() + "`",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, no GPU",
         "",
         "| method | ACC | NMI | ARI | non-empty classes |",
@@ -73,6 +86,8 @@ def report(args: argparse.Namespace, ours: dict, baseline: dict, seconds: float,
         f"| k-means on raw pixels | {baseline['acc']:.3f} | {baseline['nmi']:.3f} | "
         f"{baseline['ari']:.3f} | {baseline['num_nonempty_classes']} |",
         "",
+        f"Backbone {config['backbone']} at {config['image_size']} px, batch {config['batch_size']}, "
+        f"precision {config.get('precision', 'fp32')}.",
         f"Epochs: {len(metrics)}; training throughput (median over epochs after the first): "
         f"{np.median(steady):.0f} images/s; whole `label` wall time {seconds:.0f} s; "
         f"peak resident memory of `label` {peak_mib:.0f} MiB.",
