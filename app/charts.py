@@ -79,6 +79,22 @@ def map_figure(
     return figure
 
 
+def selected_map_row(event: object) -> int | None:
+    """Return the labels.csv row of the first point picked on a ``map_figure``, or None.
+
+    ``event`` is what ``st.plotly_chart(..., on_select="rerun")`` returns; each
+    picked point carries the ``customdata`` that ``map_figure`` gave it.
+    """
+    points = getattr(getattr(event, "selection", None), "points", None) or []
+    for point in points:
+        value = point.get("customdata") if isinstance(point, dict) else None
+        if isinstance(value, list) and value:
+            value = value[0]
+        if isinstance(value, (int, float)):
+            return int(value)
+    return None
+
+
 def _escape_hover(text: str) -> str:
     """Return ``text`` with what plotly would read as a placeholder (``%{``) or a tag (``<``, ``>``) defused."""
     return text.replace("%{", "% {").replace("<", "\u2039").replace(">", "\u203a")

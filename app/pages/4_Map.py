@@ -10,7 +10,7 @@ if str(PROJECT_ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app import resources  # noqa: E402
-from app.charts import map_figure  # noqa: E402
+from app.charts import map_figure, selected_map_row  # noqa: E402
 from app.state import SELECTED_IMAGE_KEY  # noqa: E402
 from app.widgets import (  # noqa: E402
     choose_head,
@@ -20,18 +20,6 @@ from app.widgets import (  # noqa: E402
     run_page,
     start_page,
 )
-
-
-def selected_row(event: object) -> int | None:
-    """Return the labels.csv row of the first point picked on the map, if any."""
-    points = getattr(getattr(event, "selection", None), "points", None) or []
-    for point in points:
-        value = point.get("customdata") if isinstance(point, dict) else None
-        if isinstance(value, list) and value:
-            value = value[0]
-        if isinstance(value, (int, float)):
-            return int(value)
-    return None
 
 
 def main() -> None:
@@ -52,7 +40,7 @@ def main() -> None:
     figure = map_figure(coordinates, edited.classes[:, column], edited.class_names(head), edited.table.paths)
     event = st.plotly_chart(figure, on_select="rerun", selection_mode="points", key=f"map_{head}")
 
-    row = selected_row(event)
+    row = selected_map_row(event)
     if row is not None and 0 <= row < len(edited.table.paths):
         st.session_state[SELECTED_IMAGE_KEY] = edited.table.paths[row]
     selected = st.session_state.get(SELECTED_IMAGE_KEY)
