@@ -82,7 +82,7 @@ def map_figure(
 def selected_map_row(event: object) -> int | None:
     """Return the labels.csv row of the first point picked on a ``map_figure``, or None.
 
-    ``event`` is what ``st.plotly_chart(..., on_select="rerun")`` returns; each
+    ``event`` is what ``st.plotly_chart(..., on_select="rerun")`` returns. Each
     picked point carries the ``customdata`` that ``map_figure`` gave it.
     """
     points = getattr(getattr(event, "selection", None), "points", None) or []

@@ -1,6 +1,6 @@
 """How much a trained run learned: k-nearest-neighbour accuracy of its features against simple baselines.
 
-Clustering ACC measures how well the classes match the folders; the kNN
+Clustering ACC measures how well the classes match the folders. The kNN
 accuracy of the features measures whether the network learned anything that
 a better clustering could use. This script scores, with 20-nearest-neighbour
 classification (cosine distance, 5-fold cross-validation) against the
@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from core.assign import load_trained_model  # noqa: E402
+from core.config import TrainConfig  # noqa: E402
+from core.run_files import RunFiles  # noqa: E402
 from core.train import build_initial_model  # noqa: E402
 from data.cache import build_cache  # noqa: E402
 from data.scan import ground_truth_label, scan_folder  # noqa: E402
@@ -61,7 +63,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run directories trained on that folder")
     args = parser.parse_args()
 
-    first_model, config = load_trained_model(args.runs[0], torch.device("cpu"))
+    config = TrainConfig.load(RunFiles(args.runs[0]).config)
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = build_cache(args.folder, scan_folder(args.folder), config.image_size, Path(cache_dir), workers=2)
         images = np.array(cache.images)
@@ -74,7 +76,7 @@ def main() -> None:
     rows.append((f"random {config.backbone}", knn_accuracy(random_features, labels),
                  knn_accuracy(random_embeddings, labels)))
     for run in args.runs:
-        model = first_model if run == args.runs[0] else load_trained_model(run, torch.device("cpu"))[0]
+        model, _ = load_trained_model(run, torch.device("cpu"))
         features, embeddings = network_outputs(model, pixels)
         rows.append((f"trained: {run.name}", knn_accuracy(features, labels), knn_accuracy(embeddings, labels)))
 

@@ -47,7 +47,7 @@ class TrainConfig:
     hidden_layers: int = 2
     nn_queue_size: int = 0
     sync_batchnorm: bool = False
-    # "auto", "bf16" or "fp32"; resolved by core.precision.
+    # "auto", "bf16" or "fp32". core.setup.resolve_config replaces "auto" with the format this machine runs fast.
     precision: str = "auto"
     # Initial weights: "" (random), "imagenet", a weights file or a run directory (models.weights).
     init: str = ""
