@@ -16,6 +16,7 @@ from tqdm import tqdm
 from core import distributed
 from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
+from core.precision import inference_autocast
 from core.run_files import RunFiles
 from data.cache import ImageCache, SkippedFile, iter_decoded
 from data.transforms import normalize
@@ -195,9 +196,8 @@ def _assign(
                                            shape=(max(capacity, 1), embedding_dim))
 
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     progress = tqdm(total=capacity, desc="assign", unit="img", leave=False, disable=distributed.progress_bar_disabled())
-    with autocast, progress as bar:
+    with inference_autocast(device), progress as bar:
         for rows, images in batches:
             pixels = normalize(images.to(device).permute(0, 3, 1, 2).float().div_(255))
             embedding = model.embed(pixels.contiguous(memory_format=torch.channels_last))

@@ -53,6 +53,7 @@ from core.json_files import write_json_atomic
 from core.loss import NUM_GLOBAL_VIEWS, SelfClassifierLoss
 from core.metrics_log import append_metrics, keep_epochs_up_to
 from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
+from core.precision import autocast, inference_autocast
 from core.run_files import RunFiles
 from core.train import TrainingDivergedError, TrainingState, budget_spent, training_progress
 from data.cache import ImageCache
@@ -164,8 +165,7 @@ def _batch_view_features(
         views += augment(pixels, generator)
 
     outputs = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with autocast:
+    with inference_autocast(device):
         for view in views[: num_views + 1]:
             outputs.append(backbone(view.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.stack(outputs).numpy()
@@ -370,7 +370,7 @@ class HeadTrainer:
         pair = torch.cat([self.views[first, batch], self.views[second, partner]]).to(self.device).float()
         set_learning_rate(self.optimizer, learning_rate(self.progress(), self.peak_lr, self.config.warmup_fraction))
 
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with autocast(self.device, self.config.precision):
             embeddings = self.model.projection(pair)
             logits = [head(embeddings).view(NUM_GLOBAL_VIEWS, len(batch), -1) for head in self.model.heads]
             loss = self.criterion(logits)

@@ -47,3 +47,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Return a context that runs the network in bfloat16 when ``precision`` resolves to bf16."""
     enabled = resolve_precision(precision, device) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def inference_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Return the context for computing embeddings and labels: bfloat16 on CUDA, float32 on CPUs.
+
+    On a CPU, inference is a small share of a run's time, and float32 gives
+    the same labels from one checkpoint on CPUs with and without bfloat16 units.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

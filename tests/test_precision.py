@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from core import precision
-from core.precision import autocast, resolve_precision
+from core.precision import autocast, inference_autocast, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -43,3 +43,10 @@ def test_autocast_output_dtype(name, dtype):
     layer = torch.nn.Linear(4, 3)
     with autocast(CPU, name):
         assert layer(torch.ones(2, 4)).dtype == dtype
+
+
+def test_inference_float32_on_bf16_cpu(monkeypatch):
+    _cpu_bf16(monkeypatch, True, True)
+    layer = torch.nn.Linear(4, 3)
+    with inference_autocast(CPU):
+        assert layer(torch.ones(2, 4)).dtype == torch.float32
