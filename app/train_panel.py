@@ -23,7 +23,7 @@ from core.background import (
     training_command,
     training_status,
 )
-from core.config import DEVICES
+from core.config import DEVICES, MAX_COLOR_STRENGTH
 from core.run_files import RunFiles
 from data.scan import scan_folder
 from models.names import BACKBONES
@@ -102,11 +102,17 @@ def new_run_form() -> None:
         backbone = left.selectbox("Backbone", ("auto", *BACKBONES), key="new_backbone",
                                   help="auto: resnet10t on a CPU, resnet18 on a GPU.")
         device = right.selectbox("Device", DEVICES, key="new_device", help="auto: the GPU when PyTorch finds one.")
+        color_strength = left.number_input(
+            "Colour augmentation strength", min_value=0.0, max_value=MAX_COLOR_STRENGTH, value=1.0, step=0.25,
+            key="new_color_strength",
+            help="1: DINO's colour jitter, for photos. 0: no colour changes, when colour tells the classes apart "
+                 "(flowers, signs, stains).",
+        )
         submitted = st.form_submit_button("Start training", type="primary")
     if not submitted:
         return
 
-    settings: dict[str, Any] = {"backbone": backbone, "device": device}
+    settings: dict[str, Any] = {"backbone": backbone, "device": device, "color_strength": float(color_strength)}
     if stop_by == "a time budget":
         settings.update(time_budget=float(minutes) * 60, epochs=EPOCHS_UNDER_BUDGET)
     else:

@@ -58,6 +58,13 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
     add("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm to this value; 0 disables (default: 0)")
     add("--nn-queue", type=int, metavar="SIZE",
         help="length of the nearest-neighbour queue; 0 disables the augmentation (default: 0)")
+    add("--color-strength", type=float, metavar="S",
+        help="scale of the colour jitter: brightness, contrast and saturation change by up to 0.4 * S, 0.4 * S "
+             "and 0.2 * S, hue by 0.1 * S turns. 0 turns colour jitter, grayscale and solarisation off, for "
+             "images whose colours tell the classes apart (default: 1, DINO's recipe; at most 2)")
+    add("--min-crop-scale", type=float, metavar="FRACTION",
+        help="smallest fraction of the image area a global crop covers; raise it when a small crop "
+             "could miss what tells the classes apart (default: 0.2)")
     add("--row-tau", type=float, help="temperature of the softmax over classes (default: 0.1)")
     add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
     add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")

@@ -12,6 +12,8 @@ from models.names import BACKBONES
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
+# At 2, brightness and contrast factors reach 0 to 1.8, and larger values only add all-black crops.
+MAX_COLOR_STRENGTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class TrainConfig:
     hidden_dim: int = 0
     hidden_layers: int = 2
     nn_queue_size: int = 0
+    # Scale of the colour jitter ranges; 0 turns colour changes off (data.transforms.multicrop_config).
+    color_strength: float = 1.0
+    # Smallest fraction of the image area a global crop covers.
+    min_crop_scale: float = 0.2
     sync_batchnorm: bool = False
     # "auto", "bf16" or "fp32". core.setup.resolve_config replaces "auto" with the format this machine runs fast.
     precision: str = "auto"
@@ -81,6 +87,9 @@ class TrainConfig:
         _check(self.base_lr > 0, f"learning rate must be positive, got {self.base_lr}")
         _check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
         _check(self.nn_queue_size >= 0, f"queue size must be >= 0, got {self.nn_queue_size}")
+        _check(0 <= self.color_strength <= MAX_COLOR_STRENGTH,
+               f"colour strength must be between 0 and {MAX_COLOR_STRENGTH:g}, got {self.color_strength}")
+        _check(0 < self.min_crop_scale <= 1, f"minimum crop scale must be in (0, 1], got {self.min_crop_scale}")
         _check(self.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {self.grad_clip}")
         _check(self.head_views >= 2, f"head-only training needs at least 2 views per image, got {self.head_views}")
         _check(self.head_lr > 0, f"head-only learning rate must be positive, got {self.head_lr}")

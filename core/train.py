@@ -22,7 +22,7 @@ from core.optim import FINETUNE_BACKBONE_LR_SCALE, LARS, learning_rate, paramete
 from core.precision import autocast
 from core.run_files import RunFiles
 from data.cache import ImageCache, read_batch
-from data.transforms import AugmentConfig, MultiCropAugment
+from data.transforms import MultiCropAugment, multicrop_config
 from models.self_classifier import SelfClassifier, build_model
 from models.weights import load_weights, read_weights
 
@@ -151,7 +151,8 @@ class Trainer:
         logger.info("Peak learning rate %.4g (%.4g per 256 images, global batch %d over %d processes)",
                     self.peak_lr, config.base_lr, global_batch, distributed.world_size())
         self.augment = MultiCropAugment(
-            AugmentConfig(config.image_size, config.local_size, config.local_crops)
+            multicrop_config(config.image_size, config.local_size, config.local_crops,
+                             config.color_strength, config.min_crop_scale)
         )
 
     def _build_model(self) -> SelfClassifier:

@@ -12,6 +12,7 @@ blurred half the time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -57,6 +58,35 @@ class AugmentConfig:
             raise ValueError(f"number of local crops must be >= 0, got {self.num_local_crops}")
         if self.num_local_crops > 0 and self.local_size < 8:
             raise ValueError(f"local crop size must be at least 8 pixels, got {self.local_size}")
+
+
+def multicrop_config(
+    global_size: int,
+    local_size: int = 0,
+    num_local_crops: int = 0,
+    color_strength: float = 1.0,
+    min_crop_scale: float = 0.2,
+) -> AugmentConfig:
+    """Return the training augmentation with its colour changes scaled by ``color_strength``.
+
+    Strength 1 is DINO's recipe. The ranges of brightness, contrast,
+    saturation and hue scale linearly with it. At 0, colour jitter,
+    grayscale and solarisation are off: use it for images whose colours
+    tell the classes apart. Global crops cover between ``min_crop_scale``
+    and all of the image's area.
+    """
+    config = AugmentConfig(global_size, local_size, num_local_crops, global_scale=(min_crop_scale, 1.0))
+    if color_strength == 0:
+        return dataclasses.replace(
+            config, jitter_probability=0.0, grayscale_probability=0.0, solarize_probability=(0.0, 0.0)
+        )
+    return dataclasses.replace(
+        config,
+        brightness=config.brightness * color_strength,
+        contrast=config.contrast * color_strength,
+        saturation=config.saturation * color_strength,
+        hue=min(0.5, config.hue * color_strength),
+    )
 
 
 class MultiCropAugment:
@@ -156,13 +186,15 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
 def color_jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Change brightness, contrast, saturation and hue, each sample by its own factors.
 
-    With probability ``config.jitter_probability`` a sample is changed;
+    A strength ``s`` draws factors from [max(0, 1 - s), 1 + s], as
+    torchvision's ColorJitter does. With probability ``config.jitter_probability`` a sample is changed;
     otherwise it is returned as it was.
     """
     batch = images.shape[0]
 
     def factor(strength: float) -> torch.Tensor:
-        return _uniform((batch,), 1 - strength, 1 + strength, generator).view(batch, 1, 1, 1).to(images.device)
+        factors = _uniform((batch,), max(0.0, 1 - strength), 1 + strength, generator)
+        return factors.view(batch, 1, 1, 1).to(images.device)
 
     out = (images * factor(config.brightness)).clamp_(0, 1)
     mean = grayscale(out).mean(dim=(2, 3), keepdim=True)

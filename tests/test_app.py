@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.background import progress_fraction, stop_training, training_command, training_status
 from core.cli import build_parser, config_overrides
+from core.config import TrainConfig
 from core.edits import load_edits
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
@@ -462,6 +463,7 @@ def test_train_page_starts_stops_and_resumes(tmp_path, monkeypatch):
     app.text_input(key="new_classes").input("2 3")
     app.radio(key="new_stop_by").set_value("a number of epochs")
     app.number_input(key="new_epochs").set_value(100_000)
+    app.number_input(key="new_color_strength").set_value(0.0)
     button(app, "Start training").click().run()
     run_dir = tmp_path / "runs" / "fresh"
 
@@ -470,6 +472,7 @@ def test_train_page_starts_stops_and_resumes(tmp_path, monkeypatch):
         assert app.session_state["run_dir"] == str(run_dir.resolve())
         assert training_status(run_dir).running
         _wait_for(lambda: RunFiles(run_dir).checkpoint.exists(), "a first checkpoint")
+        assert TrainConfig.load(RunFiles(run_dir).config).color_strength == 0.0
 
         app.run()
         button(app, "Stop training").click().run()
@@ -503,7 +506,8 @@ def _wait_for(condition, description: str, seconds: float = 120, fail: bool = Tr
 
 def test_training_command_round_trips_through_the_cli(tmp_path):
     settings = {"class_counts": (5, 7), "epochs": 3, "time_budget": 90.0, "backbone": "resnet18",
-                "device": "cpu", "base_lr": 0.25, "nn_queue_size": 64, "sync_batchnorm": True, "seed": None}
+                "device": "cpu", "base_lr": 0.25, "nn_queue_size": 64, "sync_batchnorm": True, "seed": None,
+                "color_strength": 0.5, "min_crop_scale": 0.35}
 
     command = training_command(tmp_path, tmp_path / "run", settings)
     arguments = build_parser().parse_args(command[3:])

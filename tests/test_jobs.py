@@ -122,6 +122,13 @@ def _fit(config: TrainConfig, run: Path) -> Trainer:
     return trainer
 
 
+def test_trainer_augments_with_the_configured_colour_and_crops(demo_folder, tmp_path):
+    config = _config(demo_folder, epochs=1).replace(color_strength=0.0, min_crop_scale=0.5)
+    augment = _fit(config, tmp_path / "run").augment.config
+    assert (augment.jitter_probability, augment.grayscale_probability) == (0.0, 0.0)
+    assert augment.global_scale == (0.5, 1.0)
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(demo_folder, tmp_path, monkeypatch):
     straight = _fit(_config(demo_folder, 3), tmp_path / "straight")
 

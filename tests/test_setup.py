@@ -35,7 +35,9 @@ def test_too_few_images_message():
     [({"class_counts": (10, 1)}, "at least 2, got 1"), ({"class_counts": ()}, "at least one class count"),
      ({"backbone": "vgg"}, "unknown backbone 'vgg'"), ({"device": "tpu"}, "unknown device 'tpu'"),
      ({"precision": "fp16"}, "unknown precision 'fp16'"), ({"epochs": 0}, "epochs must be at least 1"),
-     ({"batch_size": 1}, "batch size must be at least 2")],
+     ({"batch_size": 1}, "batch size must be at least 2"), ({"color_strength": -0.5}, "colour strength"),
+     ({"color_strength": 2.5}, "between 0 and 2, got 2.5"), ({"min_crop_scale": 0.0}, "minimum crop scale"),
+     ({"min_crop_scale": 1.5}, "in \\(0, 1\\], got 1.5")],
 )
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):

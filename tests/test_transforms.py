@@ -7,6 +7,8 @@ from data.transforms import (
     AugmentConfig,
     MultiCropAugment,
     color_jitter,
+    multicrop_config,
+    normalize,
     random_blur,
     random_grayscale,
     random_resized_crop,
@@ -98,6 +100,34 @@ def test_hue_shift_keeps_gray_pixels():
     config = AugmentConfig(global_size=8, jitter_probability=1.0, brightness=0, contrast=0, saturation=0, hue=0.5)
     gray = torch.full((3, 3, 4, 4), 0.5)
     torch.testing.assert_close(color_jitter(gray, config, torch.Generator().manual_seed(0)), gray)
+
+
+def test_brightness_above_one_never_turns_crops_black():
+    # Factors are drawn from [max(0, 1 - s), 1 + s]; from [1 - s, 1 + s] a fifth would clamp to 0.
+    config = AugmentConfig(global_size=8, jitter_probability=1.0, brightness=1.5, contrast=0, saturation=0, hue=0)
+    images = torch.full((500, 3, 4, 4), 0.5)
+    out = color_jitter(images, config, torch.Generator().manual_seed(0))
+    assert (out.amax(dim=(1, 2, 3)) > 0).all()
+
+
+@pytest.mark.parametrize(("strength", "expected"), [(1.0, (0.4, 0.4, 0.2, 0.1)), (0.5, (0.2, 0.2, 0.1, 0.05)),
+                                                    (2.0, (0.8, 0.8, 0.4, 0.2))])
+def test_color_strength_scales_jitter_ranges(strength, expected):
+    config = multicrop_config(32, color_strength=strength, min_crop_scale=0.5)
+    assert (config.brightness, config.contrast, config.saturation, config.hue) == pytest.approx(expected)
+    assert config.global_scale == (0.5, 1.0)
+    assert (config.jitter_probability, config.grayscale_probability) == (0.8, 0.2)
+
+
+def test_color_strength_zero_keeps_every_colour():
+    # Crops, flips and blur leave a uniform image as it is, so only colour changes could alter it.
+    red = torch.tensor([200, 30, 60], dtype=torch.uint8).expand(64, 16, 16, 3)
+    expected = normalize(red.permute(0, 3, 1, 2).float() / 255)
+    plain = MultiCropAugment(multicrop_config(16, color_strength=0))(red, torch.Generator().manual_seed(0))
+    jittered = MultiCropAugment(multicrop_config(16))(red, torch.Generator().manual_seed(0))
+    for view in plain:
+        torch.testing.assert_close(view, expected)
+    assert not torch.allclose(jittered[0], expected, atol=1e-3)
 
 
 @pytest.mark.parametrize(
