@@ -51,7 +51,7 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig
 from core.json_files import write_json_atomic
 from core.loss import NUM_GLOBAL_VIEWS, SelfClassifierLoss
-from core.metrics_log import append_metrics, keep_epochs_up_to
+from core.metrics_log import EpochTally, append_metrics, keep_epochs_up_to
 from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
 from core.precision import autocast, inference_autocast
 from core.run_files import RunFiles
@@ -313,21 +313,15 @@ class HeadTrainer:
             record = self._train_epoch()
             if self.metrics_path is not None:
                 append_metrics(self.metrics_path, record)
-            logger.info(
-                "epoch %d: loss %.4f, %d classes in use, %.0f images/s",
-                record["epoch"], record["loss"], record["classes_in_use"], record["images_per_second"],
-            )
         self.state.finished = True
         self.model.eval()
         return self.state
 
     def _train_epoch(self) -> dict:
-        started = time.perf_counter()
         # The order and the views depend only on the seed and the epoch.
         rng = np.random.default_rng([self.config.seed, self.state.epoch])
         order = torch.from_numpy(rng.permutation(self.views.shape[1]))
-        primary_counts = torch.zeros(self.config.primary_classes, dtype=torch.long)
-        losses = []
+        tally = EpochTally(self.config.primary_classes)
 
         for step in range(self.steps_per_epoch):
             if self._budget_spent():
@@ -335,23 +329,14 @@ class HeadTrainer:
                 break
             step_started = time.perf_counter()
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
-            loss, primary_logits = self._train_step(batch, rng)
-            losses.append(loss)
-            primary_counts += torch.bincount(primary_logits.argmax(dim=1).cpu(), minlength=len(primary_counts))
+            tally.add(*self._train_step(batch, rng))
             self.state.elapsed_seconds += time.perf_counter() - step_started
 
         self.state.epoch += 1
-        seconds = time.perf_counter() - started
-        return {
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "classes_in_use": int((primary_counts > 0).sum()),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(len(losses) * self.batch_size / seconds, 2) if seconds > 0 else 0.0,
-            "elapsed_seconds": round(self.state.elapsed_seconds, 3),
-        }
+        return tally.record(
+            epoch=self.state.epoch, step=self.state.step, lr=self.optimizer.param_groups[0]["lr"],
+            elapsed_seconds=self.state.elapsed_seconds, images=tally.steps * self.batch_size,
+        )
 
     def _train_step(self, batch: torch.Tensor, rng: np.random.Generator) -> tuple[float, torch.Tensor]:
         """Run one step on images ``batch`` (batch,); return the loss and view 0's primary logits."""

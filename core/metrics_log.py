@@ -4,10 +4,62 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 logger = logging.getLogger(__name__)
+
+
+class EpochTally:
+    """The losses and primary-head classes of one epoch's steps, turned into its metrics record."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.started = time.perf_counter()
+        self.losses: list[float] = []
+        self.class_counts = torch.zeros(num_classes, dtype=torch.long)
+
+    def add(self, loss: float, primary_logits: torch.Tensor) -> None:
+        """Count one step: its loss and view 0's primary-head logits, (batch, num_classes)."""
+        self.losses.append(loss)
+        self.class_counts += torch.bincount(primary_logits.argmax(dim=1).cpu(), minlength=len(self.class_counts))
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else float("nan")
+
+    def record(
+        self, *, epoch: int, step: int, lr: float, elapsed_seconds: float, images: int,
+        loss: float | None = None, class_counts: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Return the epoch's metrics.jsonl record and log it.
+
+        ``images`` is the number of images trained on in the epoch. ``loss``
+        and ``class_counts`` replace this tally's own when the caller has
+        combined those of several processes.
+        """
+        seconds = time.perf_counter() - self.started
+        loss = self.mean_loss() if loss is None else loss
+        class_counts = self.class_counts if class_counts is None else class_counts
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "classes_in_use": int((class_counts > 0).sum()),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
+            "elapsed_seconds": round(elapsed_seconds, 3),
+        }
+        logger.info("epoch %d: loss %.4f, %d classes in use, %.0f images/s",
+                    epoch, loss, record["classes_in_use"], record["images_per_second"])
+        return record
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

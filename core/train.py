@@ -16,7 +16,7 @@ from core import distributed
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig
 from core.loss import SelfClassifierLoss
-from core.metrics_log import append_metrics, keep_epochs_up_to
+from core.metrics_log import EpochTally, append_metrics, keep_epochs_up_to
 from core.nn_queue import NearestNeighbourQueue
 from core.optim import FINETUNE_BACKBONE_LR_SCALE, LARS, learning_rate, parameter_groups, set_learning_rate
 from core.precision import autocast
@@ -200,20 +200,14 @@ class Trainer:
             self._save()
             if distributed.is_main_process():
                 append_metrics(self.files.metrics, record)
-            logger.info(
-                "epoch %d: loss %.4f, %d classes in use, %.0f images/s",
-                record["epoch"], record["loss"], record["classes_in_use"], record["images_per_second"],
-            )
         return self.state
 
     def _train_epoch(self) -> dict:
-        started = time.perf_counter()
         # The order depends only on the seed and the epoch, so every process
         # draws the same one and a resumed run repeats it.
         order = np.random.default_rng([self.config.seed, self.state.epoch]).permutation(len(self.cache))
         order = _shard(order, self.steps_per_epoch * self.batch_size)
-        primary_counts = torch.zeros(self.config.primary_classes, dtype=torch.long)
-        losses = []
+        tally = EpochTally(self.config.primary_classes)
 
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.state.epoch + 1}",
                    disable=distributed.progress_bar_disabled(), leave=False)
@@ -224,9 +218,7 @@ class Trainer:
             step_started = time.perf_counter()
             batch = order[step * self.batch_size:(step + 1) * self.batch_size]
             loss, primary_logits = self._train_step(batch)
-            losses.append(loss)
-            primary_counts += torch.bincount(primary_logits.argmax(dim=1).cpu(),
-                                             minlength=self.config.primary_classes)
+            tally.add(loss, primary_logits)
             self._add_elapsed(time.perf_counter() - step_started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -235,24 +227,15 @@ class Trainer:
         # Every process ran the same number of steps on equal shares of each
         # global batch, so the mean of the processes' losses is the loss of
         # the global batch.
-        mean_loss = float(np.mean(losses)) if losses else float("nan")
-        mean_loss = float(distributed.sum_over_processes(torch.tensor(mean_loss, dtype=torch.float64))
-                          / distributed.world_size())
-        primary_counts = distributed.sum_over_processes(primary_counts)
-
+        mean_loss = distributed.sum_over_processes(torch.tensor(tally.mean_loss(), dtype=torch.float64))
         self.state.epoch += 1
-        seconds = time.perf_counter() - started
-        images = len(losses) * self.batch_size * distributed.world_size()
-        return {
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "loss": mean_loss,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "classes_in_use": int((primary_counts > 0).sum()),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
-            "elapsed_seconds": round(self.state.elapsed_seconds, 3),
-        }
+        return tally.record(
+            epoch=self.state.epoch, step=self.state.step, lr=self.optimizer.param_groups[0]["lr"],
+            elapsed_seconds=self.state.elapsed_seconds,
+            images=tally.steps * self.batch_size * distributed.world_size(),
+            loss=float(mean_loss / distributed.world_size()),
+            class_counts=distributed.sum_over_processes(tally.class_counts),
+        )
 
     def _add_elapsed(self, seconds: float) -> None:
         self.state.elapsed_seconds += seconds
