@@ -86,6 +86,17 @@ class TrainConfig:
         _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         _check(self.base_lr > 0, f"learning rate must be positive, got {self.base_lr}")
         _check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.row_tau > 0, f"row temperature must be positive, got {self.row_tau}")
+        _check(self.col_tau > 0, f"column temperature must be positive, got {self.col_tau}")
+        _check(self.eps > 0, f"eps must be positive, got {self.eps}")
+        _check(self.embedding_dim >= 2, f"embedding dimension must be at least 2, got {self.embedding_dim}")
+        _check(self.hidden_dim >= 0, f"hidden dimension must be >= 0 (0 picks it), got {self.hidden_dim}")
+        _check(self.hidden_layers >= 0, f"hidden layers must be >= 0, got {self.hidden_layers}")
+        _check(self.local_size == 0 or self.local_size >= 8,
+               f"local crop size must be at least 8 pixels (0 picks it), got {self.local_size}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.nn_queue_size >= 0, f"queue size must be >= 0, got {self.nn_queue_size}")
         _check(0 <= self.color_strength <= MAX_COLOR_STRENGTH,
                f"colour strength must be between 0 and {MAX_COLOR_STRENGTH:g}, got {self.color_strength}")
