@@ -12,7 +12,7 @@ from models.names import BACKBONES
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
-# At 2, brightness and contrast factors reach 0 to 1.8, and larger values only add all-black crops.
+# At 2, brightness and contrast factors span 0.2 to 1.8. Stronger jitter would make some crops nearly black.
 MAX_COLOR_STRENGTH = 2.0
 
 
@@ -48,7 +48,7 @@ class TrainConfig:
     hidden_dim: int = 0
     hidden_layers: int = 2
     nn_queue_size: int = 0
-    # Scale of the colour jitter ranges; 0 turns colour changes off (data.transforms.multicrop_config).
+    # Scale of the colour jitter ranges, where 0 turns colour changes off (data.transforms.multicrop_config).
     color_strength: float = 1.0
     # Smallest fraction of the image area a global crop covers.
     min_crop_scale: float = 0.2
