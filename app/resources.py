@@ -83,7 +83,8 @@ def _describe(run_dir: str, stamp: int, data: bytes, suffix: str) -> ImageQuery:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
-        image = load_rgb(path)
+        # Decoded as labelling decodes, so an upload of a folder image gets that image's embedding.
+        image = load_rgb(path, config.image_size)
     device = next(model.parameters()).device
     return embed_image(model, image, config.image_size, config.row_tau, device)
 

@@ -89,7 +89,7 @@ def load_preview(
         UnsafePathError: if the path leaves the image folder and ``extra_folders``.
         ImageLoadError: if the file cannot be decoded.
     """
-    image = load_rgb(resolve_image_path(image_folder, rel_path, extra_folders))
+    image = load_rgb(resolve_image_path(image_folder, rel_path, extra_folders), side)
     image.thumbnail((side, side), Image.Resampling.LANCZOS)
     return image
 
@@ -160,9 +160,7 @@ class ThumbnailStore:
             return None
 
     def _make(self, source: Path, target: Path) -> None:
-        # NOTE: load_rgb decodes the whole image. For large photos, a reduced-size JPEG
-        # decode (Pillow's Image.draft) would make the first view of a gallery page faster.
-        image = load_rgb(source)
+        image = load_rgb(source, self.side)
         image.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
 

@@ -73,7 +73,7 @@ class _DecodeDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
         try:
-            return index, fit_square(load_rgb(self.root / self.paths[index]), self.size), ""
+            return index, fit_square(load_rgb(self.root / self.paths[index], self.size), self.size), ""
         except ImageLoadError as error:
             return index, None, str(error)
         except Exception as error:  # noqa: BLE001 - one bad file must not stop the run

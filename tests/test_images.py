@@ -47,6 +47,65 @@ def test_load_rgb_jpeg(tmp_path: Path) -> None:
     _assert_near(_pixel(image, 4, 4), (200, 40, 10), LOSSY_TOLERANCE)
 
 
+def _red_over_blue(width: int, height: int) -> Image.Image:
+    """Return an image whose top half is red and bottom half blue."""
+    image = Image.new("RGB", (width, height), BLUE)
+    image.paste(RED, (0, 0, width, height // 2))
+    return image
+
+
+@pytest.mark.parametrize(("min_side", "expected"), [(0, (800, 600)), (100, (200, 150)), (150, (200, 150)),
+                                                    (151, (400, 300)), (600, (800, 600))])
+def test_reduced_decode_sizes(tmp_path: Path, min_side: int, expected: tuple[int, int]) -> None:
+    path = _save_jpeg(tmp_path / "photo.jpg", _red_over_blue(800, 600))
+
+    image = load_rgb(path, min_side)
+
+    _assert_rgb(image, expected)
+    _assert_near(_pixel(image, expected[0] // 2, expected[1] // 4), RED, LOSSY_TOLERANCE)
+    _assert_near(_pixel(image, expected[0] // 2, expected[1] * 3 // 4), BLUE, LOSSY_TOLERANCE)
+
+
+def test_reduced_decode_mpo_first_frame(tmp_path: Path) -> None:
+    path = tmp_path / "camera.mpo"
+    _red_over_blue(800, 600).save(path, format="MPO", save_all=True, append_images=[Image.new("RGB", (800, 600), GREEN)])
+
+    image = load_rgb(path, 100)
+
+    _assert_rgb(image, (200, 150))
+    _assert_near(_pixel(image, 100, 30), RED, LOSSY_TOLERANCE)
+
+
+def test_reduced_decode_keeps_orientation(tmp_path: Path) -> None:
+    source = _red_over_blue(800, 600)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save_jpeg(tmp_path / "rotated.jpg", source, exif=exif.tobytes())
+
+    image = load_rgb(path, 100)
+
+    # Turned clockwise, the red top half becomes the right half.
+    _assert_rgb(image, (150, 200))
+    _assert_near(_pixel(image, 140, 100), RED, LOSSY_TOLERANCE)
+    _assert_near(_pixel(image, 10, 100), BLUE, LOSSY_TOLERANCE)
+
+
+def test_reduced_decode_truncated_jpeg(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8))
+    whole = _save_jpeg(tmp_path / "whole.jpg", noise).read_bytes()
+    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
+
+    with pytest.raises(ImageLoadError, match="truncated"):
+        load_rgb(tmp_path / "half.jpg", 64)
+
+
+def test_min_side_ignores_png(tmp_path: Path) -> None:
+    _red_over_blue(800, 600).save(tmp_path / "plain.png")
+
+    assert load_rgb(tmp_path / "plain.png", 100).size == (800, 600)
+
+
 def test_load_rgb_rgba_png_onto_white(tmp_path: Path) -> None:
     source = Image.new("RGBA", (3, 1), (0, 0, 255, 255))
     source.putpixel((1, 0), (255, 0, 0, 0))
