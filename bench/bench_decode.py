@@ -14,7 +14,6 @@ changes.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.bench_label import cpu_name  # noqa: E402
 from data.cache import fit_square  # noqa: E402
 from data.images import load_rgb  # noqa: E402
 
@@ -59,7 +59,7 @@ def report(args: argparse.Namespace, full: float, reduced: float, difference: fl
         "",
         f"Command: `python bench/bench_decode.py --count {count} --size {args.size} "
         f"--width {args.width} --height {args.height}`",
-        f"Machine: {platform.processor() or platform.machine()}, one process, Pillow {Image.__version__}",
+        f"Machine: {cpu_name()}, one process, Pillow {Image.__version__}",
         "",
         "| decoding | seconds | images/s |",
         "| --- | --- | --- |",
