@@ -443,8 +443,9 @@ def recommend_head(
     if not checked:
         best = min(head_names, key=lambda n: (heads[n]["unused_class_share"], count_of[n]))
         reason = (
-            f"No usable head has a larger head to nest into it, so {best} is recommended because it has the smallest "
-            f"share of empty or tiny classes ({heads[best]['unused_class_share']:.0%})."
+            f"No head both uses at least {1 - MAX_UNUSED_SHARE:.0%} of its classes and has a larger head "
+            f"to check it, so {best} is recommended: it leaves the smallest share of its classes empty or tiny "
+            f"({heads[best]['unused_class_share']:.0%})."
         )
         return Recommendation(best, reason, reason)
 
@@ -460,11 +461,16 @@ def recommend_head(
 
     best = max(checked, key=lambda n: (heads[n]["refinement_drop"], count_of[n]))
     stats = heads[best]
+    after = stats["refinement_lambda"] - stats["refinement_drop"]
+    finer = ", ".join(stats["refined_by"])
+    finest = sorted({n for head in stats["refined_by"] for n in heads[head]["refined_by"]})
+    if finest:
+        compared = f"{after:.2f} for {', '.join(finest)} into {finer}"
+    else:
+        compared = f"{after:.2f} assumed for {finer}, the largest head, which no larger head checks"
     reason = (
         f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because nesting drops "
-        f"most after it: {', '.join(stats['refined_by'])} nests into it with lambda "
-        f"{stats['refinement_lambda']:.2f}, against "
-        f"{stats['refinement_lambda'] - stats['refinement_drop']:.2f} for the next larger head."
+        f"most after it: {finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}."
     )
     if stats["refinement_lambda"] < WEAK_NESTING_LAMBDA:
         return Recommendation(best, reason, f"{reason} The heads barely nest, so this choice is weak.")

@@ -265,6 +265,21 @@ def test_recommend_head_rule(lambdas, expected, warned):
     assert expected in recommendation.reason
 
 
+def test_recommend_head_names_assumed_lambda():
+    heads = _rule_heads(dict(zip(NAMES, [0.80, 0.70, 0.50, None], strict=True)))
+    recommendation = recommend_head(heads, NAMES, COUNTS)
+
+    assert "k20 nests into it with lambda 0.70, against 0.50 for k40 into k20." in recommendation.reason
+
+
+def test_recommend_head_names_assumed_lambda_of_largest():
+    lambdas = {"k3": 0.45, "k6": None}
+    recommendation = recommend_head(_rule_heads(lambdas), ["k3", "k6"], [3, 6])
+
+    assert recommendation.head == "k3"
+    assert "against 0.80 assumed for k6, the largest head, which no larger head checks" in recommendation.reason
+
+
 def test_recommend_head_weak_nesting_warns():
     heads = _rule_heads(dict(zip(NAMES, [0.40, 0.45, 0.20, None], strict=True)))
     recommendation = recommend_head(heads, NAMES, COUNTS)
@@ -286,7 +301,7 @@ def test_recommend_head_without_usable_checked_head():
     recommendation = recommend_head(_rule_heads(lambdas, usable), NAMES, COUNTS)
 
     assert recommendation.head == "k40"
-    assert "No usable head has a larger head to nest into it" in recommendation.warning
+    assert "No head both uses at least 90% of its classes and has a larger head" in recommendation.warning
 
 
 def test_recommend_head_equal_counts_picks_primary():
