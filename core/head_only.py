@@ -55,7 +55,7 @@ from core.metrics_log import EpochTally, append_metrics, keep_epochs_up_to
 from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
 from core.precision import autocast, inference_autocast
 from core.run_files import RunFiles
-from core.train import TrainingDivergedError, TrainingState, budget_spent, training_progress
+from core.train import TrainingDivergedError, TrainingState, budget_spent, finished_message, training_progress
 from data.cache import ImageCache
 from data.transforms import AugmentConfig, MultiCropAugment, normalize
 from models.self_classifier import SelfClassifier
@@ -485,7 +485,7 @@ def train_head_only(
     if files.checkpoint.exists():
         state = TrainingState(**load_checkpoint(files.checkpoint)["training"])
         if state.finished:
-            logger.info("Head-only training already finished at epoch %d; nothing to do", state.epoch)
+            logger.info(finished_message(state, config, "Head-only training"))
             return state
     keep_epochs_up_to(files.metrics, 0)
 

@@ -71,6 +71,20 @@ def budget_spent(state: TrainingState, config: TrainConfig) -> bool:
     return config.time_budget > 0 and state.elapsed_seconds >= config.time_budget
 
 
+def finished_message(state: TrainingState, config: TrainConfig, kind: str = "Training") -> str:
+    """Return why training of ``kind`` ("Training", "Head-only training") is over and which option trains longer."""
+    if budget_spent(state, config):
+        return (
+            f"{kind} already finished at epoch {state.epoch}: its time budget of {config.time_budget:g} s is "
+            f"spent. To train longer, run train again with a larger total --time-budget (for example "
+            f"--time-budget {2 * config.time_budget:g}), or --time-budget 0 to stop after --epochs only."
+        )
+    return (
+        f"{kind} already finished at epoch {state.epoch} of {config.epochs}. To train longer, run train "
+        f"again with a larger --epochs."
+    )
+
+
 class MultiViewForward(nn.Module):
     """Run every view through the network and return each head's logits.
 
@@ -188,7 +202,7 @@ class Trainer:
         if self.files.checkpoint.exists():
             self._resume()
         if self.state.finished:
-            logger.info("Training already finished at epoch %d; nothing to do", self.state.epoch)
+            logger.info(finished_message(self.state, self.config))
             return self.state
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.cache)} images are fewer than one batch of {self.batch_size}")

@@ -17,7 +17,7 @@ from core.jobs import prepare_images
 from core.labels_csv import read_labels_csv
 from core.metrics_log import read_metrics
 from core.run_files import RunFiles
-from core.train import Trainer
+from core.train import Trainer, TrainingState, finished_message
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--batch-size", "16", "--classes", "4", "8", "--image-size", "32", "--workers", "0",
@@ -98,6 +98,29 @@ def test_resume_with_other_settings_is_rejected(demo_folder, tmp_path, capsys):
     assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
     assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", "--seed", "5", *FAST]) == 2
     assert "seed=5" in capsys.readouterr().err
+
+
+def test_finished_run_says_how_to_train_longer(demo_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+    capsys.readouterr()
+
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+    assert "already finished at epoch 1 of 1. To train longer, run train again with a larger --epochs" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "2", *FAST]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_finished_message_for_spent_budget():
+    config = TrainConfig(image_folder="x", time_budget=40.0)
+    state = TrainingState(epoch=29, elapsed_seconds=40.5, finished=True)
+
+    message = finished_message(state, config)
+
+    assert "epoch 29: its time budget of 40 s is spent" in message
+    assert "--time-budget 80" in message
 
 
 def test_resume_may_change_precision(demo_folder, tmp_path):
