@@ -125,7 +125,7 @@ def append_to_run(
 
     _merge_skipped(files.skipped, skipped)
     num_rows = len(table.paths) + len(added)
-    logger.info("Appended %d images to %s (%d rows, %d files skipped)", len(added), files.labels,
+    logger.info("Appended %d images to %s (rows: %d, files skipped: %d)", len(added), files.labels,
                 num_rows, len(skipped))
     return AppendResult(added, duplicates, skipped, num_rows)
 

@@ -6,14 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from core import distributed, jobs
-from core.config import DEVICES, PRECISIONS, TrainConfig
+from core.config import DEVICES, PRECISIONS, ConfigError, TrainConfig
 from core.evaluate import evaluate_run
 from core.logs import setup_logging
 from core.run_files import RunFiles
+from core.run_lock import run_lock
 from core.train import TrainingDivergedError
 from models.backbones import BACKBONES
 from models.weights import IMAGENET
@@ -22,6 +24,8 @@ logger = logging.getLogger("core")
 
 # CLI option name -> TrainConfig field, for options whose names differ.
 FIELD_OF_OPTION = {"classes": "class_counts", "lr": "base_lr", "nn_queue": "nn_queue_size"}
+# TrainConfig fields that no command-line option sets.
+FIELDS_WITHOUT_OPTION = frozenset({"image_folder", "momentum", "eps", "standard_stem"})
 
 
 def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> None:
@@ -157,6 +161,20 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def option_of_field(field: str) -> str | None:
+    """Return the command-line option that sets TrainConfig ``field``, or None when no option does."""
+    if not field or field in FIELDS_WITHOUT_OPTION:
+        return None
+    option_of = {field_name: option for option, field_name in FIELD_OF_OPTION.items()}
+    return "--" + option_of.get(field, field).replace("_", "-")
+
+
+def _with_option(error: Exception) -> str:
+    """Return the error message, starting with the option to fix when a single setting is invalid."""
+    option = option_of_field(error.field) if isinstance(error, ConfigError) else None
+    return f"invalid {option}: {error}" if option else str(error)
+
+
 def _run_training(args: argparse.Namespace) -> None:
     overrides = config_overrides(args)
     if overrides.get("init") not in (None, IMAGENET):
@@ -167,10 +185,27 @@ def _run_training(args: argparse.Namespace) -> None:
         raise ValueError(
             f"{args.out} was trained on {config.image_folder}, not {args.folder}; use a new --out directory"
         )
-    if args.command == "label":
-        jobs.label(config, args.out)
+    # The run directory and its log start only now, so a mistyped command leaves no folder behind.
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _locked(args.out):
+        _setup_logging(args, RunFiles(args.out).log)
+        if args.command == "label":
+            jobs.label(config, args.out)
+        else:
+            jobs.train(config, args.out)
+
+
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock on the main process, which is the one that writes the run.
+
+    A missing directory is not locked, because the command then stops with its own error.
+    """
+    if distributed.is_main_process() and run_dir.is_dir():
+        with run_lock(run_dir):
+            yield
     else:
-        jobs.train(config, args.out)
+        yield
 
 
 def _run_append(args: argparse.Namespace) -> None:
@@ -181,39 +216,43 @@ def _run_append(args: argparse.Namespace) -> None:
     jobs.append(args.run, args.folder, args.device, args.workers)
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
-    """Log to the run's run.log on the main process; other processes log only warnings and errors."""
-    log_file = None
-    if args.command in ("label", "train"):
-        log_file = RunFiles(args.out).log
-    elif args.command == "assign":
-        log_file = RunFiles(args.run).log
+def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
+    """Log to ``log_file`` (a run's run.log) on the main process; other processes log only warnings and errors."""
     main_process = distributed.is_main_process()
     setup_logging(log_file if main_process else None, verbose=args.verbose)
     if not main_process and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
-    if distributed.world_size() > 1:
-        logger.info("Joined a process group of %d processes as rank %d (timeout %.0f s)",
-                    distributed.world_size(), distributed.rank(), distributed.timeout_seconds())
+
+
+def _assign_log_file(args: argparse.Namespace) -> Path | None:
+    """Return the run.log of the run that ``assign`` reads, or None when that run directory does not exist."""
+    if args.command != "assign" or not args.run.is_dir():
+        return None
+    return RunFiles(args.run).log
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     distributed.init_from_environment(getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT_SECONDS))
-    _setup_logging(args)
+    _setup_logging(args, _assign_log_file(args))
+    if distributed.world_size() > 1:
+        logger.info("Joined a process group of %d processes as rank %d (timeout %.0f s)",
+                    distributed.world_size(), distributed.rank(), distributed.timeout_seconds())
 
     try:
         if args.command in ("label", "train"):
             _run_training(args)
         elif args.command == "assign" and args.append:
-            _run_append(args)
+            with _locked(args.run):
+                _run_append(args)
         elif args.command == "assign":
-            jobs.assign(args.run, args.folder, args.csv, args.device, args.workers)
+            with _locked(args.run):
+                jobs.assign(args.run, args.folder, args.csv, args.device, args.workers)
         else:
             report = evaluate_run(args.run)
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        logger.error("%s", error)
+        logger.error("%s", _with_option(error))
         return 2
     except TrainingDivergedError as error:
         logger.error("%s", error)

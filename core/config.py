@@ -67,47 +67,52 @@ class TrainConfig:
     finetune: bool = False
 
     def __post_init__(self) -> None:
-        _check(len(self.class_counts) > 0, "at least one class count is needed, for example --classes 10")
+        _check("class_counts", len(self.class_counts) > 0,
+               "at least one class count is needed, for example --classes 10")
         for count in self.class_counts:
-            _check(count >= 2, f"every class count must be at least 2, got {count}")
-        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        _check(self.time_budget >= 0, f"time budget must be >= 0 seconds, got {self.time_budget}")
-        _check(
-            self.batch_size == 0 or self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"
-        )
-        _check(
-            self.backbone == "auto" or self.backbone in BACKBONES,
-            f"unknown backbone {self.backbone!r}; choose auto or one of {', '.join(BACKBONES)}",
-        )
-        _check(self.image_size == 0 or self.image_size >= 16, f"image size must be >= 16, got {self.image_size}")
-        _check(self.local_crops >= 0, f"local crops must be >= 0, got {self.local_crops}")
-        _check(self.precision in PRECISIONS,
+            _check("class_counts", count >= 2, f"every class count must be at least 2, got {count}")
+        _check("epochs", self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check("time_budget", self.time_budget >= 0, f"time budget must be >= 0 seconds, got {self.time_budget}")
+        _check("batch_size", self.batch_size == 0 or self.batch_size >= 2,
+               f"batch size must be at least 2, got {self.batch_size}")
+        _check("backbone", self.backbone == "auto" or self.backbone in BACKBONES,
+               f"unknown backbone {self.backbone!r}; choose auto or one of {', '.join(BACKBONES)}")
+        _check("image_size", self.image_size == 0 or self.image_size >= 16,
+               f"image size must be >= 16, got {self.image_size}")
+        _check("local_crops", self.local_crops >= 0, f"local crops must be >= 0, got {self.local_crops}")
+        _check("precision", self.precision in PRECISIONS,
                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        _check(self.device in DEVICES, f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        _check(self.base_lr > 0, f"learning rate must be positive, got {self.base_lr}")
-        _check(0 <= self.warmup_fraction < 1, f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
-        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
-        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.row_tau > 0, f"row temperature must be positive, got {self.row_tau}")
-        _check(self.col_tau > 0, f"column temperature must be positive, got {self.col_tau}")
-        _check(self.eps > 0, f"eps must be positive, got {self.eps}")
-        _check(self.embedding_dim >= 2, f"embedding dimension must be at least 2, got {self.embedding_dim}")
-        _check(self.hidden_dim >= 0, f"hidden dimension must be >= 0 (0 picks it), got {self.hidden_dim}")
-        _check(self.hidden_layers >= 0, f"hidden layers must be >= 0, got {self.hidden_layers}")
-        _check(self.local_size == 0 or self.local_size >= 8,
+        _check("device", self.device in DEVICES,
+               f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        _check("base_lr", self.base_lr > 0, f"learning rate must be positive, got {self.base_lr}")
+        _check("warmup_fraction", 0 <= self.warmup_fraction < 1,
+               f"warm-up fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check("weight_decay", self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        _check("momentum", 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check("row_tau", self.row_tau > 0, f"row temperature must be positive, got {self.row_tau}")
+        _check("col_tau", self.col_tau > 0, f"column temperature must be positive, got {self.col_tau}")
+        _check("eps", self.eps > 0, f"eps must be positive, got {self.eps}")
+        _check("embedding_dim", self.embedding_dim >= 2,
+               f"embedding dimension must be at least 2, got {self.embedding_dim}")
+        _check("hidden_dim", self.hidden_dim >= 0,
+               f"hidden dimension must be >= 0 (0 picks it), got {self.hidden_dim}")
+        _check("hidden_layers", self.hidden_layers >= 0, f"hidden layers must be >= 0, got {self.hidden_layers}")
+        _check("local_size", self.local_size == 0 or self.local_size >= 8,
                f"local crop size must be at least 8 pixels (0 picks it), got {self.local_size}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(self.nn_queue_size >= 0, f"queue size must be >= 0, got {self.nn_queue_size}")
-        _check(0 <= self.color_strength <= MAX_COLOR_STRENGTH,
+        _check("seed", self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check("nn_queue_size", self.nn_queue_size >= 0, f"queue size must be >= 0, got {self.nn_queue_size}")
+        _check("color_strength", 0 <= self.color_strength <= MAX_COLOR_STRENGTH,
                f"colour strength must be between 0 and {MAX_COLOR_STRENGTH:g}, got {self.color_strength}")
-        _check(0 < self.min_crop_scale <= 1, f"minimum crop scale must be in (0, 1], got {self.min_crop_scale}")
-        _check(self.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {self.grad_clip}")
-        _check(self.head_views >= 2, f"head-only training needs at least 2 views per image, got {self.head_views}")
-        _check(self.head_lr > 0, f"head-only learning rate must be positive, got {self.head_lr}")
-        _check(not (self.freeze_backbone and self.finetune),
+        _check("min_crop_scale", 0 < self.min_crop_scale <= 1,
+               f"minimum crop scale must be above 0 and at most 1, got {self.min_crop_scale}")
+        _check("grad_clip", self.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {self.grad_clip}")
+        _check("head_views", self.head_views >= 2,
+               f"head-only training needs at least 2 views per image, got {self.head_views}")
+        _check("head_lr", self.head_lr > 0, f"head-only learning rate must be positive, got {self.head_lr}")
+        _check("", not (self.freeze_backbone and self.finetune),
                "--freeze-backbone keeps the backbone fixed and --finetune trains it; pass only one")
-        _check(not self.finetune or bool(self.init), "--finetune needs starting weights; pass --init too")
-        _check(not self.freeze_backbone or bool(self.init),
+        _check("", not self.finetune or bool(self.init), "--finetune needs starting weights; pass --init too")
+        _check("", not self.freeze_backbone or bool(self.init),
                "--freeze-backbone keeps a random backbone without starting weights; pass --init too")
 
     @property
@@ -144,6 +149,14 @@ class TrainConfig:
         return cls.from_dict(values)
 
 
-def _check(condition: bool, message: str) -> None:
+class ConfigError(ValueError):
+    """An invalid setting. ``field`` names the TrainConfig field, or is empty when several fields conflict."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _check(field: str, condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(field, message)

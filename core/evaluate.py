@@ -86,6 +86,8 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
             images are not in at least 2 different folders.
     """
     files = RunFiles(Path(run_dir))
+    if not files.root.is_dir():
+        raise ValueError(f"run directory {run_dir} not found: give the --out directory of a label or train command.")
     if not files.labels.is_file():
         raise ValueError(f"{files.labels} not found: label the folder with this run before evaluating it.")
     table = read_labels_csv(files.labels)

@@ -74,7 +74,6 @@ def prepare_images(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, Ima
             f"no image files found in {root} (searched sub-folders for .jpg, .jpeg, .png, .bmp, .gif, "
             ".tif, .tiff, .webp, .heic, .heif); point to a folder that holds images"
         )
-    logger.info("Found %d image files in %s", len(paths), root)
 
     distributed.check_same_list(paths, f"list of image files in {root}")
     config = resolve_config(config, root, paths)
@@ -206,7 +205,7 @@ def assign(
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     write_labels_csv(csv_path, result.paths, result.classes, result.confidences, config.class_counts)
     write_skipped(skipped_path, result.skipped)
-    logger.info("Wrote %d labels to %s (%d files skipped)", len(result.paths), csv_path, len(result.skipped))
+    logger.info("Wrote %d labels to %s (files skipped: %d)", len(result.paths), csv_path, len(result.skipped))
     if own_folder and csv_path.resolve() == files.labels.resolve():
         write_run_diagnostics(run_dir)
     return result

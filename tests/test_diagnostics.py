@@ -265,7 +265,7 @@ def test_recommend_head_rule(lambdas, expected, warned):
     assert expected in recommendation.reason
 
 
-def test_recommend_head_names_assumed_lambda():
+def test_recommend_head_names_compared_heads():
     heads = _rule_heads(dict(zip(NAMES, [0.80, 0.70, 0.50, None], strict=True)))
     recommendation = recommend_head(heads, NAMES, COUNTS)
 

@@ -250,7 +250,7 @@ def test_torchrun_train_writes_one_run(two_process_run):
     # Only rank 0 logs at INFO level and writes files.
     assert output.count("Joined a process group of 2 processes") == 1
     assert sorted(p.name for p in run.iterdir()) == [
-        "cache", "checkpoint.pt", "config.json", "metrics.jsonl", "run.log", "skipped.csv"
+        ".lock", "cache", "checkpoint.pt", "config.json", "metrics.jsonl", "run.log", "skipped.csv"
     ]
     checkpoint = torch.load(files.checkpoint, weights_only=True)
     assert checkpoint["training"]["epoch"] == 1

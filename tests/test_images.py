@@ -68,7 +68,8 @@ def test_reduced_decode_sizes(tmp_path: Path, min_side: int, expected: tuple[int
 
 def test_reduced_decode_mpo_first_frame(tmp_path: Path) -> None:
     path = tmp_path / "camera.mpo"
-    _red_over_blue(800, 600).save(path, format="MPO", save_all=True, append_images=[Image.new("RGB", (800, 600), GREEN)])
+    second_frame = Image.new("RGB", (800, 600), GREEN)
+    _red_over_blue(800, 600).save(path, format="MPO", save_all=True, append_images=[second_frame])
 
     image = load_rgb(path, 100)
 

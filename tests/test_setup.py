@@ -37,7 +37,7 @@ def test_too_few_images_message():
      ({"precision": "fp16"}, "unknown precision 'fp16'"), ({"epochs": 0}, "epochs must be at least 1"),
      ({"batch_size": 1}, "batch size must be at least 2"), ({"color_strength": -0.5}, "colour strength"),
      ({"color_strength": 2.5}, "between 0 and 2, got 2.5"), ({"min_crop_scale": 0.0}, "minimum crop scale"),
-     ({"min_crop_scale": 1.5}, "in \\(0, 1\\], got 1.5"), ({"weight_decay": -1e-4}, "weight decay"),
+     ({"min_crop_scale": 1.5}, "above 0 and at most 1, got 1.5"), ({"weight_decay": -1e-4}, "weight decay"),
      ({"weight_decay": float("nan")}, "weight decay must be >= 0, got nan"), ({"momentum": 1.0}, "momentum"),
      ({"row_tau": 0.0}, "row temperature"), ({"col_tau": -0.05}, "column temperature"), ({"eps": 0.0}, "eps"),
      ({"embedding_dim": 1}, "embedding dimension"), ({"hidden_dim": -5}, "hidden dimension"),

@@ -1,0 +1,72 @@
+import dataclasses
+import fcntl
+import os
+import re
+
+import pytest
+
+from core.cli import FIELDS_WITHOUT_OPTION, build_parser, main, option_of_field
+from core.config import TrainConfig
+from core.run_lock import RunBusyError, run_lock
+
+
+def test_second_lock_is_rejected_with_holder_pid(tmp_path):
+    with run_lock(tmp_path):
+        with open(tmp_path / ".lock", encoding="utf-8") as handle:
+            assert handle.read() == str(os.getpid())
+        # flock locks belong to the open file, so a second open in this process conflicts like another process.
+        with pytest.raises(RunBusyError, match=f"another process \\(pid {os.getpid()}\\) is already working on"):
+            with run_lock(tmp_path):
+                pass
+
+
+def test_lock_is_released_after_block(tmp_path):
+    with run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):
+        pass
+
+
+def test_train_on_busy_run_stops(demo_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "w", encoding="utf-8") as handle:
+        handle.write("12345")
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+        code = main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", "--workers", "0"])
+
+    assert code == 2
+    assert "another process (pid 12345) is already working on" in capsys.readouterr().err
+    assert not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("options", [["--row-tau", "0"], ["--color-strength", "5"], ["--batch-size", "1"]])
+def test_invalid_setting_leaves_no_run_folder(demo_folder, tmp_path, options):
+    run = tmp_path / "run"
+    assert main(["label", str(demo_folder), "--out", str(run), *options]) == 2
+    assert not run.exists()
+
+
+def test_missing_run_leaves_no_folder(tmp_path, capsys):
+    run = tmp_path / "missing"
+    assert main(["evaluate", str(run)]) == 2
+    assert main(["assign", str(run)]) == 2
+    assert f"run directory {run} not found" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_every_setting_has_its_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["label", "--help"])
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(TrainConfig):
+        option = option_of_field(field.name)
+        if field.name not in FIELDS_WITHOUT_OPTION:
+            assert re.search(f"{option}[ ,\\n]", help_text), f"{field.name}: {option} is not an option of label"
+
+
+def test_invalid_setting_names_its_option(demo_folder, tmp_path, capsys):
+    assert main(["label", str(demo_folder), "--out", str(tmp_path / "run"), "--nn-queue", "-3"]) == 2
+    assert "invalid --nn-queue: queue size must be >= 0, got -3" in capsys.readouterr().err
