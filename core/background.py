@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from core.cli import FIELD_OF_OPTION
+from core.cli import option_of_field
 from core.config import TrainConfig
 from core.run_files import RunFiles
 
@@ -68,11 +68,12 @@ def training_command(folder: Path, run_dir: Path, settings: dict[str, Any]) -> l
     chosen = {name: value for name, value in settings.items() if value is not None}
     TrainConfig(image_folder=str(folder), **chosen)
 
-    option_of_field = {field: option for option, field in FIELD_OF_OPTION.items()}
     command = [sys.executable, "-m", "core", "label", str(Path(folder).resolve()),
                "--out", str(Path(run_dir).resolve())]
     for name, value in chosen.items():
-        option = "--" + option_of_field.get(name, name).replace("_", "-")
+        option = option_of_field(name)
+        if option is None:
+            raise ValueError(f"the setting {name} has no command-line option, so a background run cannot set it")
         if isinstance(value, bool):
             command += [option] if value else []
         elif isinstance(value, (tuple, list)):

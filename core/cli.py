@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from core import distributed, jobs
@@ -15,7 +15,7 @@ from core.config import DEVICES, PRECISIONS, ConfigError, TrainConfig
 from core.evaluate import evaluate_run
 from core.logs import setup_logging
 from core.run_files import RunFiles
-from core.run_lock import run_lock
+from core.run_lock import RunBusyError, run_lock
 from core.train import TrainingDivergedError
 from models.backbones import BACKBONES
 from models.weights import IMAGENET
@@ -64,11 +64,12 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
         help="length of the nearest-neighbour queue; 0 disables the augmentation (default: 0)")
     add("--color-strength", type=float, metavar="S",
         help="scale of the colour jitter: brightness, contrast and saturation change by up to 0.4 * S, 0.4 * S "
-             "and 0.2 * S, hue by 0.1 * S turns. 0 turns colour jitter, grayscale and solarisation off, for "
-             "images whose colours tell the classes apart (default: 1, DINO's recipe; at most 2)")
+             "and 0.2 * S, hue by 0.1 * S turns. Grayscale and solarisation keep DINO's probabilities for any "
+             "S above 0, and exactly 0 turns them off with the jitter, for images whose colours tell the classes "
+             "apart. Not used with --freeze-backbone (default: 1, DINO's recipe; at most 2)")
     add("--min-crop-scale", type=float, metavar="FRACTION",
         help="smallest fraction of the image area a global crop covers; raise it when a small crop "
-             "could miss what tells the classes apart (default: 0.2)")
+             "could miss what tells the classes apart. Not used with --freeze-backbone (default: 0.2)")
     add("--row-tau", type=float, help="temperature of the softmax over classes (default: 0.1)")
     add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
     add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")
@@ -189,6 +190,7 @@ def _run_training(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with _locked(args.out):
         _setup_logging(args, RunFiles(args.out).log)
+        _log_process_group()
         if args.command == "label":
             jobs.label(config, args.out)
         else:
@@ -199,12 +201,20 @@ def _run_training(args: argparse.Namespace) -> None:
 def _locked(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock on the main process, which is the one that writes the run.
 
-    A missing directory is not locked, because the command then stops with its own error.
+    Every process learns whether the main process got the lock, so under torchrun
+    all of them stop with the same message when the run is busy. A missing
+    directory is not locked, because the command then stops with its own error.
     """
-    if distributed.is_main_process() and run_dir.is_dir():
-        with run_lock(run_dir):
-            yield
-    else:
+    with ExitStack() as stack:
+        busy = ""
+        if distributed.is_main_process() and run_dir.is_dir():
+            try:
+                stack.enter_context(run_lock(run_dir))
+            except RunBusyError as error:
+                busy = str(error)
+        busy = distributed.all_gather_objects(busy)[0]
+        if busy:
+            raise RunBusyError(busy)
         yield
 
 
@@ -224,6 +234,12 @@ def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
         logging.getLogger().setLevel(logging.WARNING)
 
 
+def _log_process_group() -> None:
+    if distributed.world_size() > 1:
+        logger.info("Joined a process group of %d processes as rank %d (timeout %.0f s)",
+                    distributed.world_size(), distributed.rank(), distributed.timeout_seconds())
+
+
 def _assign_log_file(args: argparse.Namespace) -> Path | None:
     """Return the run.log of the run that ``assign`` reads, or None when that run directory does not exist."""
     if args.command != "assign" or not args.run.is_dir():
@@ -235,9 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     distributed.init_from_environment(getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT_SECONDS))
     _setup_logging(args, _assign_log_file(args))
-    if distributed.world_size() > 1:
-        logger.info("Joined a process group of %d processes as rank %d (timeout %.0f s)",
-                    distributed.world_size(), distributed.rank(), distributed.timeout_seconds())
+    if args.command not in ("label", "train"):
+        _log_process_group()
 
     try:
         if args.command in ("label", "train"):

@@ -146,7 +146,11 @@ class TrainConfig:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read run settings from {path}: {error}") from error
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            # A plain ValueError, because the setting comes from the file and not from an option.
+            raise ValueError(f"invalid run settings in {path}: {error}") from error
 
 
 class ConfigError(ValueError):

@@ -51,11 +51,11 @@ from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig
 from core.json_files import write_json_atomic
 from core.loss import NUM_GLOBAL_VIEWS, SelfClassifierLoss
-from core.metrics_log import EpochTally, append_metrics, keep_epochs_up_to
+from core.metrics_log import EpochTally, append_metrics, describe_epoch, keep_epochs_up_to
 from core.optim import LARS, learning_rate, parameter_groups, set_learning_rate
 from core.precision import autocast, inference_autocast
 from core.run_files import RunFiles
-from core.train import TrainingDivergedError, TrainingState, budget_spent, finished_message, training_progress
+from core.train import TrainingDivergedError, TrainingState, budget_spent, training_progress
 from data.cache import ImageCache
 from data.transforms import AugmentConfig, MultiCropAugment, normalize
 from models.self_classifier import SelfClassifier
@@ -93,6 +93,16 @@ def head_only_augment(image_size: int) -> AugmentConfig:
         global_blur_probability=(0.0, 0.0),
         solarize_probability=(0.0, 0.0),
     )
+
+
+def _warn_unused_augment_options(config: TrainConfig) -> None:
+    """Log a warning when the run sets augmentation options that head-only training does not use."""
+    defaults = TrainConfig(image_folder=config.image_folder)
+    if (config.color_strength, config.min_crop_scale) != (defaults.color_strength, defaults.min_crop_scale):
+        logger.warning(
+            "--freeze-backbone uses its own views (no colour changes, crops of at least %.0f%% of the image), "
+            "so --color-strength and --min-crop-scale have no effect", HEAD_ONLY_MIN_SCALE * 100,
+        )
 
 
 @torch.no_grad()
@@ -313,6 +323,7 @@ class HeadTrainer:
             record = self._train_epoch()
             if self.metrics_path is not None:
                 append_metrics(self.metrics_path, record)
+            logger.info(describe_epoch(record))
         self.state.finished = True
         self.model.eval()
         return self.state
@@ -481,11 +492,13 @@ def train_head_only(
     NOTE: an interrupted head-only run starts training over, reusing its
     cached features; training is the short part of the run.
     """
+    _warn_unused_augment_options(config)
     files = RunFiles(Path(run_dir))
     if files.checkpoint.exists():
         state = TrainingState(**load_checkpoint(files.checkpoint)["training"])
         if state.finished:
-            logger.info(finished_message(state, config, "Head-only training"))
+            logger.info("Head-only training already finished at epoch %d. It does not resume, so to train "
+                        "the heads longer, run it again with a new --out directory.", state.epoch)
             return state
     keep_epochs_up_to(files.metrics, 0)
 

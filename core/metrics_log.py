@@ -29,16 +29,18 @@ class EpochTally:
 
     @property
     def steps(self) -> int:
+        """Number of steps counted so far."""
         return len(self.losses)
 
     def mean_loss(self) -> float:
+        """Return the mean loss of the counted steps, NaN when there are none."""
         return float(np.mean(self.losses)) if self.losses else float("nan")
 
     def record(
         self, *, epoch: int, step: int, lr: float, elapsed_seconds: float, images: int,
         loss: float | None = None, class_counts: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """Return the epoch's metrics.jsonl record and log it.
+        """Return the epoch's metrics.jsonl record.
 
         ``images`` is the number of images trained on in the epoch. ``loss``
         and ``class_counts`` replace this tally's own when the caller has
@@ -57,9 +59,13 @@ class EpochTally:
             "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
             "elapsed_seconds": round(elapsed_seconds, 3),
         }
-        logger.info("epoch %d: loss %.4f, %d classes in use, %.0f images/s",
-                    epoch, loss, record["classes_in_use"], record["images_per_second"])
         return record
+
+
+def describe_epoch(record: dict[str, Any]) -> str:
+    """Return the log line of an epoch's metrics record."""
+    return (f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['classes_in_use']} classes in use, "
+            f"{record['images_per_second']:.0f} images/s")
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

@@ -40,8 +40,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise RunBusyError(
-                f"another process (pid {holder}) is already working on {run_dir}. Wait for it to finish or "
-                "stop it, or use another --out directory."
+                f"another process (pid {holder}) is already working on {run_dir}. Wait for it to finish, "
+                "or stop it, then run the command again."
             ) from None
         handle.seek(0)
         handle.truncate()

@@ -16,7 +16,7 @@ from core import distributed
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import TrainConfig
 from core.loss import SelfClassifierLoss
-from core.metrics_log import EpochTally, append_metrics, keep_epochs_up_to
+from core.metrics_log import EpochTally, append_metrics, describe_epoch, keep_epochs_up_to
 from core.nn_queue import NearestNeighbourQueue
 from core.optim import FINETUNE_BACKBONE_LR_SCALE, LARS, learning_rate, parameter_groups, set_learning_rate
 from core.precision import autocast
@@ -71,16 +71,16 @@ def budget_spent(state: TrainingState, config: TrainConfig) -> bool:
     return config.time_budget > 0 and state.elapsed_seconds >= config.time_budget
 
 
-def finished_message(state: TrainingState, config: TrainConfig, kind: str = "Training") -> str:
-    """Return why training of ``kind`` ("Training", "Head-only training") is over and which option trains longer."""
+def finished_message(state: TrainingState, config: TrainConfig) -> str:
+    """Return why a run's training is over and which option trains it longer."""
     if budget_spent(state, config):
         return (
-            f"{kind} already finished at epoch {state.epoch}: its time budget of {config.time_budget:g} s is "
+            f"Training already finished at epoch {state.epoch}: its time budget of {config.time_budget:g} s is "
             f"spent. To train longer, run train again with a larger total --time-budget (for example "
             f"--time-budget {2 * config.time_budget:g}), or --time-budget 0 to stop after --epochs only."
         )
     return (
-        f"{kind} already finished at epoch {state.epoch} of {config.epochs}. To train longer, run train "
+        f"Training already finished at epoch {state.epoch} of {config.epochs}. To train longer, run train "
         f"again with a larger --epochs."
     )
 
@@ -214,6 +214,7 @@ class Trainer:
             self._save()
             if distributed.is_main_process():
                 append_metrics(self.files.metrics, record)
+            logger.info(describe_epoch(record))
         return self.state
 
     def _train_epoch(self) -> dict:

@@ -524,6 +524,11 @@ def test_training_command_rejects_invalid_settings(tmp_path):
         training_command(tmp_path, tmp_path / "run", {"class_counts": (1,)})
 
 
+def test_training_command_rejects_setting_without_option(tmp_path):
+    with pytest.raises(ValueError, match="momentum has no command-line option"):
+        training_command(tmp_path, tmp_path / "run", {"momentum": 0.5})
+
+
 @pytest.mark.parametrize(
     ("epochs", "budget", "records", "expected"),
     [

@@ -1,5 +1,6 @@
 """Distributed training and assignment on CPU: gloo, two processes on 127.0.0.1."""
 
+import fcntl
 import os
 import signal
 import socket
@@ -364,3 +365,21 @@ def test_peer_death_without_torchrun_stops_rank_zero(demo_folder, tmp_path):
     assert time.monotonic() - killed < 30
     assert "Rank 0 stopped" in errors
     assert "Run the same command again to resume" in errors
+
+
+def test_torchrun_on_busy_run_stops_every_rank(demo_folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    command = _torchrun(_free_port(), "train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST)
+    with open(run / ".lock", "w", encoding="utf-8") as handle:
+        handle.write("12345")
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        started = time.monotonic()
+        finished = subprocess.run(command, cwd=REPO, env=_environment(), capture_output=True, text=True,
+                                  timeout=120)
+
+    assert finished.returncode != 0
+    assert time.monotonic() - started < 60
+    assert finished.stderr.count("another process (pid 12345) is already working on") == WORLD
+    assert not (run / "checkpoint.pt").exists()

@@ -1,3 +1,4 @@
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from core.config import TrainConfig
 from core.evaluate import evaluate_assignments
 from core.head_only import (
     HeadTrainer,
+    _warn_unused_augment_options,
     classify_features,
     compute_view_features,
     load_or_compute_features,
@@ -201,7 +203,7 @@ def test_nearest_neighbours_excludes_self():
         nearest_neighbours(features, 4)
 
 
-def test_train_head_only_writes_loadable_checkpoint(tmp_path, monkeypatch):
+def test_train_head_only_writes_loadable_checkpoint(tmp_path, monkeypatch, caplog):
     run = tmp_path / "run"
     run.mkdir()
     config = _config(epochs=1, batch_size=4)
@@ -222,4 +224,14 @@ def test_train_head_only_writes_loadable_checkpoint(tmp_path, monkeypatch):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(HeadTrainer, "fit", fail)
-    assert train_head_only(config, _random_cache(8), run, model, CPU, num_views=2).finished
+    with caplog.at_level(logging.INFO):
+        assert train_head_only(config, _random_cache(8), run, model, CPU, num_views=2).finished
+    assert "It does not resume, so to train the heads longer" in caplog.text
+
+
+@pytest.mark.parametrize(("changes", "warned"), [({}, False), ({"color_strength": 0.0}, True),
+                                                 ({"min_crop_scale": 0.5}, True)])
+def test_unused_augment_options_warn(caplog, changes, warned):
+    with caplog.at_level(logging.WARNING):
+        _warn_unused_augment_options(_config(**changes))
+    assert ("--color-strength and --min-crop-scale have no effect" in caplog.text) == warned

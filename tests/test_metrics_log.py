@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from core.metrics_log import EpochTally, append_metrics, keep_epochs_up_to, read_metrics
+from core.metrics_log import EpochTally, append_metrics, describe_epoch, keep_epochs_up_to, read_metrics
 
 
 def _logits(classes: list[int], num_classes: int = 4) -> torch.Tensor:
@@ -34,6 +34,11 @@ def test_tally_record_takes_combined_values():
     record = tally.record(epoch=1, step=1, lr=0.1, elapsed_seconds=1.0, images=1,
                           loss=3.0, class_counts=torch.tensor([1, 1, 1]))
     assert (record["loss"], record["classes_in_use"]) == (3.0, 3)
+
+
+def test_describe_epoch_line():
+    record = {"epoch": 3, "loss": 2.345678, "classes_in_use": 9, "images_per_second": 1234.56}
+    assert describe_epoch(record) == "epoch 3: loss 2.3457, 9 classes in use, 1235 images/s"
 
 
 def test_empty_tally_has_no_loss():

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from core.config import TrainConfig
+from core.config import ConfigError, TrainConfig
 from core.setup import auto_image_size, resolve_batch_size
 
 
@@ -52,3 +52,13 @@ def test_config_round_trip(tmp_path):
     config = TrainConfig(image_folder="x", class_counts=(5, 7), time_budget=30.0)
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_config_load_names_file_of_invalid_setting(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"image_folder": "x", "row_tau": 0}', encoding="utf-8")
+
+    with pytest.raises(ValueError, match="invalid run settings in .*config.json: row temperature") as raised:
+        TrainConfig.load(path)
+
+    assert not isinstance(raised.value, ConfigError)
