@@ -25,7 +25,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_label import cpu_name  # noqa: E402
+from bench.bench_label import cpu_name, publish  # noqa: E402
 from data.cache import fit_square  # noqa: E402
 from data.images import load_rgb  # noqa: E402
 
@@ -87,11 +87,7 @@ def main() -> None:
         full_rows, full = decode_all(paths, args.size, 0)
         reduced_rows, reduced = decode_all(paths, args.size, args.size)
     difference = float(np.abs(full_rows.astype(np.float32) - reduced_rows.astype(np.float32)).mean())
-    text = report(args, full, reduced, difference)
-    sys.stdout.write(text)
-    if args.write:
-        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+    publish(report(args, full, reduced, difference), args.write)
 
 
 if __name__ == "__main__":

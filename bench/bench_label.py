@@ -66,6 +66,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def publish(text: str, write: bool) -> None:
+    """Print a markdown report and, when ``write`` is set, append it to bench/RESULTS.md."""
+    sys.stdout.write(text)
+    if write:
+        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as handle:
+            handle.write("\n" + text)
+
+
 def report(args: argparse.Namespace, ours: dict, baseline: dict, seconds: float, peak_mib: float,
            metrics: list[dict]) -> str:
     steady = [m["images_per_second"] for m in metrics[1:]] or [metrics[0]["images_per_second"]]
@@ -114,11 +122,7 @@ def main() -> None:
         capture_output=True, text=True,
     ).stdout)
     baseline = kmeans_on_pixels(args.folder, args.classes, seed=0, cache_dir=args.out / "kmeans-cache")
-    text = report(args, ours, baseline, seconds, peak_mib, read_metrics(args.out / "metrics.jsonl"))
-    sys.stdout.write(text)
-    if args.write:
-        with open(REPO / "bench" / "RESULTS.md", "a", encoding="utf-8") as handle:
-            handle.write("\n" + text)
+    publish(report(args, ours, baseline, seconds, peak_mib, read_metrics(args.out / "metrics.jsonl")), args.write)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ logger = logging.getLogger("core")
 
 # CLI option name -> TrainConfig field, for options whose names differ.
 FIELD_OF_OPTION = {"classes": "class_counts", "lr": "base_lr", "nn_queue": "nn_queue_size"}
+OPTION_OF_FIELD = {field: option for option, field in FIELD_OF_OPTION.items()}
 # TrainConfig fields that no command-line option sets.
 FIELDS_WITHOUT_OPTION = frozenset({"image_folder", "momentum", "eps", "standard_stem"})
 
@@ -166,8 +167,7 @@ def option_of_field(field: str) -> str | None:
     """Return the command-line option that sets TrainConfig ``field``, or None when no option does."""
     if not field or field in FIELDS_WITHOUT_OPTION:
         return None
-    option_of = {field_name: option for option, field_name in FIELD_OF_OPTION.items()}
-    return "--" + option_of.get(field, field).replace("_", "-")
+    return "--" + OPTION_OF_FIELD.get(field, field).replace("_", "-")
 
 
 def _with_option(error: Exception) -> str:

@@ -97,8 +97,7 @@ def head_only_augment(image_size: int) -> AugmentConfig:
 
 def _warn_unused_augment_options(config: TrainConfig) -> None:
     """Log a warning when the run sets augmentation options that head-only training does not use."""
-    defaults = TrainConfig(image_folder=config.image_folder)
-    if (config.color_strength, config.min_crop_scale) != (defaults.color_strength, defaults.min_crop_scale):
+    if (config.color_strength, config.min_crop_scale) != (TrainConfig.color_strength, TrainConfig.min_crop_scale):
         logger.warning(
             "--freeze-backbone uses its own views (no colour changes, crops of at least %.0f%% of the image), "
             "so --color-strength and --min-crop-scale have no effect", HEAD_ONLY_MIN_SCALE * 100,

@@ -49,7 +49,7 @@ class EpochTally:
         seconds = time.perf_counter() - self.started
         loss = self.mean_loss() if loss is None else loss
         class_counts = self.class_counts if class_counts is None else class_counts
-        record = {
+        return {
             "epoch": epoch,
             "step": step,
             "loss": loss,
@@ -59,7 +59,6 @@ class EpochTally:
             "images_per_second": round(images / seconds, 2) if seconds > 0 else 0.0,
             "elapsed_seconds": round(elapsed_seconds, 3),
         }
-        return record
 
 
 def describe_epoch(record: dict[str, Any]) -> str:

@@ -70,9 +70,10 @@ def multicrop_config(
     """Return the training augmentation with its colour changes scaled by ``color_strength``.
 
     Strength 1 is DINO's recipe. The ranges of brightness, contrast,
-    saturation and hue scale linearly with it. At 0, colour jitter,
-    grayscale and solarisation are off: use it for images whose colours
-    tell the classes apart. Global crops cover between ``min_crop_scale``
+    saturation and hue scale linearly with it. Grayscale and solarisation
+    keep their probabilities for any strength above 0. At exactly 0, colour
+    jitter, grayscale and solarisation are off: use it for images whose
+    colours tell the classes apart. Global crops cover between ``min_crop_scale``
     and all of the image's area.
     """
     config = AugmentConfig(global_size, local_size, num_local_crops, global_scale=(min_crop_scale, 1.0))
@@ -187,8 +188,8 @@ def color_jitter(images: torch.Tensor, config: AugmentConfig, generator: torch.G
     """Change brightness, contrast, saturation and hue, each sample by its own factors.
 
     A strength ``s`` draws factors from [max(0, 1 - s), 1 + s], as
-    torchvision's ColorJitter does. With probability ``config.jitter_probability`` a sample is changed;
-    otherwise it is returned as it was.
+    torchvision's ColorJitter does. With probability ``config.jitter_probability``
+    a sample is changed, and otherwise it is returned as it was.
     """
     batch = images.shape[0]
 

@@ -91,14 +91,21 @@ def test_reduced_decode_keeps_orientation(tmp_path: Path) -> None:
     _assert_near(_pixel(image, 10, 100), BLUE, LOSSY_TOLERANCE)
 
 
-def test_reduced_decode_truncated_jpeg(tmp_path: Path) -> None:
+def _save_truncated_jpeg(folder: Path, width: int, height: int) -> Path:
+    """Save a noise JPEG cut after half of its bytes, as ``folder/half.jpg``."""
     rng = np.random.default_rng(0)
-    noise = Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8))
-    whole = _save_jpeg(tmp_path / "whole.jpg", noise).read_bytes()
-    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
+    noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    whole = _save_jpeg(folder / "whole.jpg", noise).read_bytes()
+    half = folder / "half.jpg"
+    half.write_bytes(whole[: len(whole) // 2])
+    return half
+
+
+def test_reduced_decode_truncated_jpeg(tmp_path: Path) -> None:
+    path = _save_truncated_jpeg(tmp_path, 800, 600)
 
     with pytest.raises(ImageLoadError, match="truncated"):
-        load_rgb(tmp_path / "half.jpg", 64)
+        load_rgb(path, 64)
 
 
 def test_min_side_ignores_png(tmp_path: Path) -> None:
@@ -358,13 +365,10 @@ def test_load_rgb_text_file(tmp_path: Path) -> None:
 
 
 def test_load_rgb_truncated_jpeg(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    whole = _save_jpeg(tmp_path / "whole.jpg", noise).read_bytes()
-    (tmp_path / "half.jpg").write_bytes(whole[: len(whole) // 2])
+    path = _save_truncated_jpeg(tmp_path, 64, 64)
 
     with pytest.raises(ImageLoadError, match="truncated or corrupt image data: .*truncated"):
-        load_rgb(tmp_path / "half.jpg")
+        load_rgb(path)
 
 
 def test_load_rgb_decompression_bomb_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

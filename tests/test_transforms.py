@@ -103,7 +103,7 @@ def test_hue_shift_keeps_gray_pixels():
 
 
 def test_brightness_above_one_never_turns_crops_black():
-    # Factors are drawn from [max(0, 1 - s), 1 + s]; from [1 - s, 1 + s] a fifth would clamp to 0.
+    # Factors come from [max(0, 1 - s), 1 + s]. From [1 - s, 1 + s], a fifth of them would clamp to 0.
     config = AugmentConfig(global_size=8, jitter_probability=1.0, brightness=1.5, contrast=0, saturation=0, hue=0)
     images = torch.full((500, 3, 4, 4), 0.5)
     out = color_jitter(images, config, torch.Generator().manual_seed(0))
