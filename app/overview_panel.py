@@ -50,8 +50,12 @@ def show_settings(run_dir: Path) -> None:
         st.json(config)
 
 
-def show_heads(edited: EditedLabels) -> None:
-    """Show each head's class-size histogram with its signs of trouble, edits included."""
+def show_heads(edited: EditedLabels, with_signs: bool = True) -> None:
+    """Show each head's class-size histogram, edits included, and with ``with_signs`` its signs of trouble.
+
+    The page turns the signs off when diagnostics.json exists, because its
+    warnings describe the same class sizes.
+    """
     for head in edited.head_names:
         sizes = edited.class_sizes(head)
         chart, notes = st.columns([3, 1])
@@ -59,7 +63,7 @@ def show_heads(edited: EditedLabels) -> None:
             st.plotly_chart(class_size_figure(sizes, edited.class_names(head), head), key=f"sizes_{head}")
         with notes:
             st.metric(f"Non-empty classes of {head}", f"{int((sizes > 0).sum())} of {len(sizes)}")
-            for sign in trouble_signs(sizes):
+            for sign in trouble_signs(sizes) if with_signs else []:
                 st.warning(sign)
 
 

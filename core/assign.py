@@ -18,7 +18,7 @@ from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.precision import inference_autocast
 from core.run_files import RunFiles
-from data.cache import ImageCache, SkippedFile, iter_decoded
+from data.cache import ImageCache, SkippedFile, iter_decoded, skip_file
 from data.transforms import normalize
 from models.self_classifier import SelfClassifier, build_model
 
@@ -115,8 +115,7 @@ def assign_folder(
         pending: list[np.ndarray] = []
         for index, image, reason in iter_decoded(root, paths, image_size, workers):
             if image is None:
-                logger.warning("Skipping %s: %s", paths[index], reason)
-                skipped.append(SkippedFile(paths[index], reason))
+                skipped.append(skip_file(paths[index], reason))
                 continue
             kept.append(paths[index])
             pending.append(image)

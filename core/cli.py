@@ -17,6 +17,7 @@ from core.logs import setup_logging
 from core.run_files import RunFiles
 from core.run_lock import RunBusyError, run_lock
 from core.train import TrainingDivergedError
+from data.scan import check_image_folder
 from models.backbones import BACKBONES
 from models.weights import IMAGENET
 
@@ -41,7 +42,7 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
         help="stop training after this many seconds of training steps and still write labels (default: none)")
     add("--batch-size", type=int,
         help="images per step over all processes, split evenly between them "
-             "(default: 256, or fewer if the folder is smaller)")
+             "(default: 256, or fewer if the folder is smaller; 0 also picks this)")
     add("--backbone", choices=("auto",) + BACKBONES,
         help="network before the projection; auto picks resnet10t on CPU and resnet18 on CUDA")
     add("--image-size", type=int, metavar="PIXELS",
@@ -177,6 +178,9 @@ def _with_option(error: Exception) -> str:
 
 
 def _run_training(args: argparse.Namespace) -> None:
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder. Give the path of a new or existing run folder.")
+    check_image_folder(args.folder)
     overrides = config_overrides(args)
     if overrides.get("init") not in (None, IMAGENET):
         overrides["init"] = str(Path(overrides["init"]).resolve())
@@ -195,6 +199,7 @@ def _run_training(args: argparse.Namespace) -> None:
             jobs.label(config, args.out)
         else:
             jobs.train(config, args.out)
+            logger.info("To write labels.csv with this network, run: python -m core assign %s", args.out)
 
 
 @contextmanager
@@ -266,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             report = evaluate_run(args.run)
             sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         logger.error("%s", _with_option(error))
         return 2
     except TrainingDivergedError as error:

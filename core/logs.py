@@ -14,8 +14,8 @@ def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT,
                         handlers=handlers, force=True)
-    for noisy in ("PIL", "matplotlib", "numba", "urllib3"):
+    for noisy in ("PIL", "matplotlib", "numba", "urllib3", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

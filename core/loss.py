@@ -67,10 +67,12 @@ class SelfClassifierLoss(nn.Module):
         _check_logits(logits_per_head)
         pair_mask = _pair_mask(logits_per_head[0].shape[0], logits_per_head[0].device)
 
-        total = logits_per_head[0].new_zeros(())
-        for logits in logits_per_head:
-            pair_losses = self._pair_losses(logits.float())
-            total = total + pair_losses[pair_mask].sum()
+        # Autocast would run the einsum in bfloat16, so it is turned off here.
+        total = logits_per_head[0].new_zeros((), dtype=torch.float32)
+        with torch.autocast(logits_per_head[0].device.type, enabled=False):
+            for logits in logits_per_head:
+                pair_losses = self._pair_losses(logits.float())
+                total = total + pair_losses[pair_mask].sum()
 
         num_terms = int(pair_mask.sum()) * len(logits_per_head)
         return total / num_terms

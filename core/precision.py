@@ -2,8 +2,9 @@
 
 bfloat16 halves the memory traffic of convolutions, and CUDA GPUs and CPUs
 with AMX or AVX512-BF16 units (for example Intel Xeon since Sapphire Rapids)
-run it on dedicated hardware. Losses, softmaxes and optimiser updates stay in
-float32 under autocast.
+run it on dedicated hardware. Only the backbone runs in bfloat16: the
+projection, the heads (``models.heads``), the loss and the optimiser updates
+stay in float32.
 """
 
 from __future__ import annotations

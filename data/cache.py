@@ -25,6 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from data.images import ImageLoadError, load_rgb
+from data.scan import printable_path, unusable_name_reason
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ class ImageCache:
         return len(self.paths)
 
 
+def skip_file(path: str, reason: str) -> SkippedFile:
+    """Log that the file ``path`` is skipped and return its record, printable in a UTF-8 file."""
+    item = SkippedFile(printable_path(path), printable_path(reason))
+    logger.warning("Skipping %s: %s", item.path, item.reason)
+    return item
+
+
 def fit_square(image: Image.Image, size: int) -> np.ndarray:
     """Resize so the shorter side is ``size``, centre-crop, and return (size, size, 3) uint8."""
     image = TF.resize(image, size, antialias=True)
@@ -72,6 +80,9 @@ class _DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+        name_problem = unusable_name_reason(self.paths[index])
+        if name_problem:
+            return index, None, name_problem
         try:
             return index, fit_square(load_rgb(self.root / self.paths[index], self.size), self.size), ""
         except ImageLoadError as error:
@@ -127,8 +138,7 @@ def build_cache(
     skipped: list[SkippedFile] = []
     for index, image, reason in iter_decoded(root, paths, size, workers, progress="decode"):
         if image is None:
-            logger.warning("Skipping %s: %s", paths[index], reason)
-            skipped.append(SkippedFile(paths[index], reason))
+            skipped.append(skip_file(paths[index], reason))
             continue
         array[len(kept)] = image
         kept.append(paths[index])

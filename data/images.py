@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import struct
 import warnings
@@ -11,6 +12,8 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from data.scan import printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def load_rgb(path: Path, min_side: int = 0) -> Image.Image:
     try:
         file = open(path, "rb")
     except OSError as exc:
-        raise ImageLoadError(_describe_read_error(exc)) from exc
+        raise ImageLoadError(_describe_read_error(exc, path)) from exc
 
     with file:
         _reject_empty(file)
@@ -122,9 +125,12 @@ def convert_to_rgb(image: Image.Image) -> Image.Image:
         raise ImageLoadError(f"cannot convert image mode {mode!r} to RGB: {exc}") from exc
 
 
-def _describe_read_error(exc: OSError) -> str:
+def _describe_read_error(exc: OSError, path: Path) -> str:
     if isinstance(exc, PermissionError):
         return "cannot read file: permission denied"
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return (f"broken symbolic link: its target {printable_path(os.readlink(path))} does not exist; "
+                "fix the link or delete it")
     if isinstance(exc, FileNotFoundError):
         return "cannot read file: file not found"
     if isinstance(exc, IsADirectoryError):

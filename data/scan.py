@@ -19,8 +19,9 @@ def scan_folder(root: Path) -> list[str]:
     """Find every image file under ``root``, following symlinked folders.
 
     Hidden files and folders (names starting with ".") and files whose suffix is not in
-    ``IMAGE_EXTENSIONS`` (compared case-insensitively) are ignored, and so are broken
-    symlinks. Each real folder is listed once. Folders reached through their own path
+    ``IMAGE_EXTENSIONS`` (compared case-insensitively) are ignored. Broken symlinks with
+    an image suffix are listed, so that decoding reports them as skipped. Each real
+    folder is listed once. Folders reached through their own path
     are listed before any symlinked folder, so a symlink to a folder inside ``root``
     adds nothing and a symlink loop ends. Unreadable subfolders are logged as warnings
     and skipped.
@@ -33,14 +34,38 @@ def scan_folder(root: Path) -> list[str]:
         NotADirectoryError: ``root`` is a file.
         PermissionError: ``root`` itself cannot be listed.
     """
-    _check_root(root)
+    check_image_folder(root)
     found: list[str] = []
     for folder, rel_folder, entries in _walk_folders(root):
         found.extend(_image_files(folder, rel_folder, entries))
 
     found.sort()
-    logger.info("Found %d image files under %s", len(found), root)
+    logger.info("Found %d image %s under %s", len(found), "file" if len(found) == 1 else "files", root)
     return found
+
+
+def printable_path(rel_path: str) -> str:
+    """Return ``rel_path`` for logs and CSV files, with bytes of the name that are
+    not UTF-8 written as ``\\xNN`` escapes.
+
+    Python keeps such bytes in a path string as lone surrogates, which a UTF-8
+    file cannot store.
+    """
+    try:
+        raw = rel_path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return rel_path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def unusable_name_reason(rel_path: str) -> str | None:
+    """Return why the path ``rel_path`` cannot go into labels.csv, or None when it can."""
+    if printable_path(rel_path) == rel_path:
+        return None
+    return (
+        "the file name is not valid UTF-8, so labels.csv cannot record it; rename the file "
+        "(for example with convmv) and run again"
+    )
 
 
 def ground_truth_label(rel_path: str) -> str:
@@ -51,7 +76,9 @@ def ground_truth_label(rel_path: str) -> str:
     return PurePosixPath(rel_path).parent.name
 
 
-def _check_root(root: Path) -> None:
+def check_image_folder(root: Path) -> None:
+    """Raise FileNotFoundError, NotADirectoryError or PermissionError, with advice, unless
+    ``root`` is a folder that can be listed."""
     if not root.exists():
         raise FileNotFoundError(f"Image folder {root} does not exist. Check the path.")
     if not root.is_dir():
@@ -100,7 +127,7 @@ def _list_visible(folder: str) -> list[os.DirEntry[str]]:
         with os.scandir(folder) as iterator:
             entries = [entry for entry in iterator if not entry.name.startswith(".")]
     except OSError as exc:
-        logger.warning("Skipping unreadable folder %s: %s", folder, exc.strerror or exc)
+        logger.warning("Skipping unreadable folder %s: %s", printable_path(folder), exc.strerror or exc)
         return []
     entries.sort(key=lambda entry: entry.name)
     return entries
@@ -110,7 +137,7 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()
     except OSError as exc:
-        logger.warning("Skipping %s: %s", entry.path, exc.strerror or exc)
+        logger.warning("Skipping %s: %s", printable_path(entry.path), exc.strerror or exc)
         return False
 
 
@@ -121,14 +148,15 @@ def _image_files(folder: str, rel_folder: str, entries: list[os.DirEntry[str]]) 
         if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
             continue
 
-        # is_file follows symlinks, so a broken symlink is False here
+        # is_file follows symlinks, so a broken symlink is False here. It is
+        # kept, so that decoding lists it as skipped with its reason.
         try:
-            is_file = entry.is_file()
+            is_file = entry.is_file() or entry.is_symlink()
         except OSError as exc:
-            logger.warning("Skipping %s: %s", entry.path, exc.strerror or exc)
+            logger.warning("Skipping %s: %s", printable_path(entry.path), exc.strerror or exc)
             continue
         if not is_file:
-            logger.debug("Skipping %s in %s: not a regular file or a broken symlink", entry.name, folder)
+            logger.debug("Skipping %s in %s: not a regular file", printable_path(entry.name), folder)
             continue
 
         images.append(rel_folder + entry.name)

@@ -1,4 +1,10 @@
-"""Projection MLP and the weight-normalised classifier heads."""
+"""Projection MLP and the weight-normalised classifier heads.
+
+Both compute in float32, even inside a bfloat16 autocast region. The loss
+divides the logits, cosines in [-1, 1], by temperatures of 0.05 and 0.1, which
+would magnify bfloat16's rounding of the embedding and the logits 10 to 20
+times. These layers cost little next to the backbone.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ class ProjectionMLP(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.layers(features), dim=1)
+        with torch.autocast(features.device.type, enabled=False):
+            return F.normalize(self.layers(features.float()), dim=1)
 
 
 class ClassifierHead(nn.Module):
@@ -48,4 +55,5 @@ class ClassifierHead(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return embeddings @ F.normalize(self.weight, dim=1).t()
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return embeddings.float() @ F.normalize(self.weight, dim=1).t()

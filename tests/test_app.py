@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from core.background import progress_fraction, stop_training, training_command, training_status
 from core.cli import build_parser, config_overrides
 from core.config import TrainConfig
-from core.edits import load_edits
+from core.edits import Edit, load_edits, save_edits
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
 
@@ -190,6 +190,23 @@ def test_overview_lists_skipped_files(run_copy):
     assert {metric.label: metric.value for metric in app.metric}["Skipped files"] == "1"
     tables = [table.value for table in app.dataframe if "reason" in table.value.columns]
     assert tables[0]["reason"].tolist() == ["file is empty"]
+
+
+def test_overview_shows_class_size_warnings_once(run_copy):
+    files = RunFiles(run_copy)
+    source = largest_class(run_copy, head=1)
+    save_edits(files.edits, [Edit.merge("k8", source, (source + 1) % 8)])
+    diagnostics = {"heads": {}, "warnings": ["Head k8 leaves 1 of its 8 classes empty."]}
+    files.diagnostics.write_text(json.dumps(diagnostics), encoding="utf-8")
+
+    warnings = [warning.value for warning in open_page(run_copy, "pages/2_Overview.py").warning]
+    assert len([warning for warning in warnings if "leaves 1 of its 8 classes empty" in warning]) == 1
+    assert not [warning for warning in warnings if "classes are empty" in warning]
+
+    # Without diagnostics.json the page computes the signs itself, edits included.
+    files.diagnostics.unlink()
+    warnings = [warning.value for warning in open_page(run_copy, "pages/2_Overview.py").warning]
+    assert any(warning.endswith("of 8 classes are empty.") for warning in warnings)
 
 
 def test_overview_diagnostics_accept_and_reject(run_copy):

@@ -49,6 +49,22 @@ def test_invalid_setting_leaves_no_run_folder(demo_folder, tmp_path, options):
     assert not run.exists()
 
 
+def test_unusable_folder_or_out_leaves_no_run_folder(demo_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["label", str(tmp_path / "missing"), "--out", str(run)]) == 2
+    assert "does not exist. Check the path." in capsys.readouterr().err
+    image = next((demo_folder / "airplane").iterdir())
+    assert main(["train", str(image), "--out", str(run)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert not run.exists()
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me", encoding="utf-8")
+    assert main(["label", str(demo_folder), "--out", str(taken)]) == 2
+    assert f"--out {taken} is a file, not a folder. Give the path" in capsys.readouterr().err
+    assert taken.read_text(encoding="utf-8") == "keep me"
+
+
 def test_missing_run_leaves_no_folder(tmp_path, capsys):
     run = tmp_path / "missing"
     assert main(["evaluate", str(run)]) == 2

@@ -30,7 +30,11 @@ def _plant_bad_files(folder: Path) -> dict[str, str]:
     (folder / "airplane" / "truncated.jpg").write_bytes(real[: len(real) // 2])
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image", encoding="utf-8")
-    return {"airplane/truncated.jpg": "truncated", "empty.png": "empty", "notes.jpg": "not an image"}
+    # A readable image whose name is Latin-1, not UTF-8, and a link to a deleted file
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(real)
+    (folder / "dangling.png").symlink_to(folder / "deleted.png")
+    return {"airplane/truncated.jpg": "truncated", "empty.png": "empty", "notes.jpg": "not an image",
+            "caf\\xe9.jpg": "not valid utf-8", "dangling.png": "broken symbolic link"}
 
 
 def test_label_writes_complete_run(demo_folder, tmp_path):
@@ -66,7 +70,9 @@ def test_label_writes_complete_run(demo_folder, tmp_path):
     saved = json.loads(files.config.read_text())
     assert saved["class_counts"] == [4, 8]
     assert saved["image_folder"] == str(demo_folder)
-    assert files.log.read_text().count("Wrote 40 labels") == 1
+    log = files.log.read_text(encoding="utf-8")
+    assert log.count("Wrote 40 labels") == 1
+    assert "Skipping caf\\xe9.jpg: the file name is not valid UTF-8" in log
 
 
 def test_label_reports_too_few_images(tmp_path, capsys):

@@ -31,6 +31,15 @@ def test_loss_matches_reference_value(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
+def test_loss_stays_float32_under_bf16_autocast(case):
+    criterion = SelfClassifierLoss(case["row_tau"], case["col_tau"], case["eps"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = criterion(_logits(case))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(float(VECTORS[f"{case['name']}/loss"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_loss_matches_reference_gradients(case):
     criterion = SelfClassifierLoss(case["row_tau"], case["col_tau"], case["eps"])
     logits = _logits(case)

@@ -29,6 +29,19 @@ def test_head_logits_are_cosine_similarities():
     torch.testing.assert_close(model.classify(embeddings)[0], expected)
 
 
+def test_projection_and_heads_run_in_float32_under_bf16_autocast():
+    model = build_model("resnet10t", 32, [10], hidden_dim=32).eval()
+    features = torch.randn(8, model.projection.layers[0].in_features)
+    expected_embeddings = model.projection(features)
+    expected_logits = model.classify(expected_embeddings)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = model.projection(features.bfloat16())
+        logits = model.classify(embeddings)[0]
+    assert embeddings.dtype == logits.dtype == torch.float32
+    # Only the bfloat16 input is rounded; in bfloat16 the logits would be off by about 1e-2.
+    torch.testing.assert_close(logits, expected_logits, atol=2e-3, rtol=0)
+
+
 @pytest.mark.parametrize(("size", "expected_side"), [(32, 1), (224, 1)])
 def test_backbone_features_pool_to_vector(size, expected_side):
     backbone, dim = build_backbone("resnet18", size)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from data.scan import IMAGE_EXTENSIONS, ground_truth_label, scan_folder
+from data.scan import IMAGE_EXTENSIONS, ground_truth_label, printable_path, scan_folder, unusable_name_reason
 
 
 def _touch(root: Path, *rel_paths: str) -> None:
@@ -86,13 +86,23 @@ def test_scan_symlink_inside_root_keeps_real_path(tmp_path: Path) -> None:
     assert scan_folder(tmp_path) == ["real/p.jpg"]
 
 
-def test_scan_follows_file_symlink_skips_broken(tmp_path: Path) -> None:
+def test_scan_follows_file_symlink_and_lists_broken_one(tmp_path: Path) -> None:
     _touch(tmp_path, "real.png")
     (tmp_path / "linked.png").symlink_to(tmp_path / "real.png")
     (tmp_path / "broken.png").symlink_to(tmp_path / "missing.png")
     (tmp_path / "broken_dir").symlink_to(tmp_path / "missing_dir", target_is_directory=True)
+    (tmp_path / "broken.txt").symlink_to(tmp_path / "missing.txt")
 
-    assert scan_folder(tmp_path) == ["linked.png", "real.png"]
+    # The broken image link is listed so that decoding reports it as skipped.
+    assert scan_folder(tmp_path) == ["broken.png", "linked.png", "real.png"]
+
+
+def test_printable_path_escapes_bytes_that_are_not_utf8() -> None:
+    name = os.fsdecode(b"caf\xe9/\xff.png")
+    assert printable_path(name) == "caf\\xe9/\\xff.png"
+    assert unusable_name_reason(name).startswith("the file name is not valid UTF-8")
+    assert printable_path("été/ok.png") == "été/ok.png"
+    assert unusable_name_reason("été/ok.png") is None
 
 
 def test_scan_unreadable_subfolder_warns(

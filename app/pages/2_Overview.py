@@ -40,9 +40,8 @@ def main() -> None:
     st.subheader("Classes per head")
     for message in edited.ignored:
         st.warning(message)
-    show_heads(edited)
-
     diagnostics = load_diagnostics(run_dir)
+    show_heads(edited, with_signs=diagnostics is None)
     if diagnostics is not None:
         st.subheader("Diagnostics")
         show_diagnostics(run_dir, edited, diagnostics)
