@@ -53,8 +53,8 @@ def show_settings(run_dir: Path) -> None:
 def show_heads(edited: EditedLabels, with_signs: bool = True) -> None:
     """Show each head's class-size histogram, edits included, and with ``with_signs`` its signs of trouble.
 
-    The page turns the signs off when diagnostics.json exists, because its
-    warnings describe the same class sizes.
+    The page turns the signs off when diagnostics.json exists and no merge or
+    move changed the class sizes, because its warnings then describe the same sizes.
     """
     for head in edited.head_names:
         sizes = edited.class_sizes(head)
@@ -85,14 +85,22 @@ def load_diagnostics(run_dir: Path) -> dict[str, Any] | None:
     return _diagnostics(str(path), file_stamp(path))
 
 
-def show_diagnostics(run_dir: Path, edited: EditedLabels, diagnostics: dict[str, Any]) -> None:
-    """Show per-head diagnostics, the recommended head, and merge suggestions to accept or reject."""
+def show_diagnostics(
+    run_dir: Path, edited: EditedLabels, diagnostics: dict[str, Any], before_edits: bool = False
+) -> None:
+    """Show per-head diagnostics, the recommended head, and merge suggestions to accept or reject.
+
+    With ``before_edits``, a caption notes that the warnings predate the merges and moves.
+    """
     recommended = diagnostics.get("recommended_head")
     if isinstance(recommended, str):
         st.success(f"Recommended head: {escape(recommended)}")
     if isinstance(diagnostics.get("recommendation_reason"), str):
         st.caption(escape(diagnostics["recommendation_reason"]))
-    for warning in diagnostics.get("warnings") or []:
+    warnings = diagnostics.get("warnings") or []
+    if warnings and before_edits:
+        st.caption("These warnings describe the classes as assigned, before your merges and moves.")
+    for warning in warnings:
         st.warning(escape(warning))
 
     table = _head_table(diagnostics.get("heads"))

@@ -46,7 +46,7 @@ from core.labels_csv import LabelsTable, read_labels_csv, write_labels_csv
 from core.run_files import RunFiles
 from core.setup import resolve_device, write_skipped
 from data.cache import SkippedFile
-from data.scan import scan_folder
+from data.scan import printable_path, scan_folder, unusable_name_reason
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,11 @@ def append_to_run(
     table = _read_labels(files, config)
     image_root = Path(config.image_folder)
 
+    if unusable_name_reason(labels_path(Path(folder), image_root)):
+        raise ValueError(
+            f"the path of {printable_path(str(folder))} is not valid UTF-8, so labels.csv cannot record its "
+            "images; rename the folder or move the images to a folder with a UTF-8 name"
+        )
     candidates = scan_folder(Path(folder))
     if not candidates:
         raise ValueError(f"no image files found in {folder}; point to a folder that contains images")
@@ -275,7 +280,7 @@ def _merge_skipped(path: Path, skipped: list[SkippedFile]) -> None:
         with open(path, encoding="utf-8", newline="") as handle:
             listed = [SkippedFile(row["path"], row["reason"]) for row in csv.DictReader(handle)]
     known = {item.path for item in listed}
-    write_skipped(path, listed + [item for item in skipped if item.path not in known])
+    write_skipped(path, listed + [item for item in skipped if printable_path(item.path) not in known])
 
 
 # ----------------------------------------------------------- derived files

@@ -191,7 +191,8 @@ def check_same_list(items: Sequence[str], description: str) -> None:
     """
     if world_size() == 1:
         return
-    digest = hashlib.sha256("\n".join(items).encode("utf-8")).hexdigest()
+    # surrogateescape turns file names that are not UTF-8 back into their bytes.
+    digest = hashlib.sha256("\n".join(items).encode("utf-8", "surrogateescape")).hexdigest()
     digests = all_gather_objects(digest)
     differing = [index for index, other in enumerate(digests) if other != digests[0]]
     if differing:

@@ -15,6 +15,7 @@ from core.config import TrainConfig
 from core.precision import resolve_precision
 from data.cache import SkippedFile
 from data.images import read_image_size
+from data.scan import printable_path
 from models.backbones import backbone_feature_dim
 from models.weights import IMAGENET, describe_weights, read_weights
 
@@ -130,7 +131,7 @@ def write_skipped(path: Path, skipped: Sequence[SkippedFile]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["path", "reason"])
         for item in skipped:
-            writer.writerow([item.path, item.reason])
+            writer.writerow([printable_path(item.path), printable_path(item.reason)])
     temporary.replace(path)
 
 

@@ -34,7 +34,11 @@ DECODE_BATCH = 64
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file that could not be used, with the reason."""
+    """A file that could not be used, with the reason.
+
+    ``path`` is the path as scanned, which may hold bytes that are not UTF-8
+    (see ``data.scan.printable_path``).
+    """
 
     path: str
     reason: str
@@ -57,10 +61,9 @@ class ImageCache:
 
 
 def skip_file(path: str, reason: str) -> SkippedFile:
-    """Log that the file ``path`` is skipped and return its record, printable in a UTF-8 file."""
-    item = SkippedFile(printable_path(path), printable_path(reason))
-    logger.warning("Skipping %s: %s", item.path, item.reason)
-    return item
+    """Log that the file ``path`` is skipped and return its record."""
+    logger.warning("Skipping %s: %s", printable_path(path), printable_path(reason))
+    return SkippedFile(path, reason)
 
 
 def fit_square(image: Image.Image, size: int) -> np.ndarray:
@@ -158,7 +161,7 @@ def _load_existing(array_path: Path, index_path: Path, paths: Sequence[str]) -> 
         return None
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
-        if index["requested"] != list(paths):
+        if index["requested"] != list(paths) or any(unusable_name_reason(path) for path in index["paths"]):
             return None
         images = np.load(array_path, mmap_mode="r")
     except (OSError, ValueError, KeyError) as error:

@@ -148,10 +148,10 @@ def _image_files(folder: str, rel_folder: str, entries: list[os.DirEntry[str]]) 
         if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
             continue
 
-        # is_file follows symlinks, so a broken symlink is False here. It is
-        # kept, so that decoding lists it as skipped with its reason.
+        # is_file follows symlinks, so it is False for a broken symlink. Such a
+        # link is kept, so that decoding lists it as skipped with its reason.
         try:
-            is_file = entry.is_file() or entry.is_symlink()
+            is_file = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
         except OSError as exc:
             logger.warning("Skipping %s: %s", printable_path(entry.path), exc.strerror or exc)
             continue

@@ -19,7 +19,7 @@ from core.background import progress_fraction, stop_training, training_command, 
 from core.cli import build_parser, config_overrides
 from core.config import TrainConfig
 from core.edits import Edit, load_edits, save_edits
-from core.labels_csv import read_labels_csv
+from core.labels_csv import read_labels_csv, write_labels_csv
 from core.run_files import RunFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -192,21 +192,36 @@ def test_overview_lists_skipped_files(run_copy):
     assert tables[0]["reason"].tolist() == ["file is empty"]
 
 
+def _overview_warnings(run_dir: Path) -> list[str]:
+    return [warning.value for warning in open_page(run_dir, "pages/2_Overview.py").warning]
+
+
 def test_overview_shows_class_size_warnings_once(run_copy):
     files = RunFiles(run_copy)
     source = largest_class(run_copy, head=1)
-    save_edits(files.edits, [Edit.merge("k8", source, (source + 1) % 8)])
+    target = (source + 1) % 8
+    # Empty class `source` of k8 in the labels themselves, as diagnostics.json describes it.
+    table = read_labels_csv(files.labels)
+    classes = table.classes.copy()
+    classes[classes[:, 1] == source, 1] = target
+    write_labels_csv(files.labels, table.paths, classes, table.confidences, table.class_counts)
     diagnostics = {"heads": {}, "warnings": ["Head k8 leaves 1 of its 8 classes empty."]}
     files.diagnostics.write_text(json.dumps(diagnostics), encoding="utf-8")
 
-    warnings = [warning.value for warning in open_page(run_copy, "pages/2_Overview.py").warning]
+    warnings = _overview_warnings(run_copy)
     assert len([warning for warning in warnings if "leaves 1 of its 8 classes empty" in warning]) == 1
     assert not [warning for warning in warnings if "classes are empty" in warning]
 
-    # Without diagnostics.json the page computes the signs itself, edits included.
+    # A merge changes the sizes after diagnostics.json, so the page adds its own signs.
+    save_edits(files.edits, [Edit.merge("k8", target, (target + 1) % 8)])
+    warnings = _overview_warnings(run_copy)
+    assert [warning for warning in warnings if warning.endswith("of 8 classes are empty.")]
+    assert len([warning for warning in warnings if "leaves 1 of its 8 classes empty" in warning]) == 1
+
+    # Without diagnostics.json the page computes the signs itself.
     files.diagnostics.unlink()
-    warnings = [warning.value for warning in open_page(run_copy, "pages/2_Overview.py").warning]
-    assert any(warning.endswith("of 8 classes are empty.") for warning in warnings)
+    warnings = _overview_warnings(run_copy)
+    assert [warning for warning in warnings if warning.endswith("of 8 classes are empty.")]
 
 
 def test_overview_diagnostics_accept_and_reject(run_copy):

@@ -150,6 +150,27 @@ def test_append_merges_skipped_files(run, second_folder):
     assert "../new/photos/cat/broken.jpg" in listed
 
 
+def test_append_skips_name_that_is_not_utf8(run, second_folder):
+    image = next((second_folder / "cat").iterdir())
+    shutil.copy(image, second_folder / "cat" / os.fsdecode(b"caf\xe9.jpg"))
+
+    for _ in range(2):
+        result = append_to_run(run, second_folder, device_name="cpu", workers=0)
+        assert [item.reason for item in result.skipped][0].startswith("the file name is not valid UTF-8")
+
+    with open(RunFiles(run).skipped, encoding="utf-8", newline="") as handle:
+        listed = [row["path"] for row in csv.DictReader(handle)]
+    assert listed.count("../new/photos/cat/caf\\xe9.jpg") == 1
+    assert len(read_labels_csv(RunFiles(run).labels).paths) == 26
+
+
+def test_append_rejects_folder_path_that_is_not_utf8(run, second_folder):
+    folder = second_folder.rename(second_folder.parent / os.fsdecode(b"photos\xfe"))
+    with pytest.raises(ValueError, match=r"photos\\xfe is not valid UTF-8.*rename the folder"):
+        append_to_run(run, folder, device_name="cpu", workers=0)
+    assert len(read_labels_csv(RunFiles(run).labels).paths) == 16
+
+
 def test_append_extends_index_and_map(run, second_folder, monkeypatch):
     from core import embedding_map
     from core.index import load_or_build_index

@@ -160,7 +160,7 @@ def _helpers_worker(rank: int, port: int, out: Path) -> None:
     results["objects"] = distributed.all_gather_objects(f"rank {rank}")
     results["sum"] = distributed.sum_over_processes(torch.tensor([rank + 1.0, 10.0]))
     results["max"] = distributed.max_over_processes(float(rank) + 0.5)
-    distributed.check_same_list(["a.jpg", "b.jpg"], "list of images")
+    distributed.check_same_list(["a.jpg", "b.jpg", os.fsdecode(b"caf\xe9.jpg")], "list of images")
     try:
         distributed.check_same_list(["a.jpg"] if rank == 0 else ["b.jpg"], "list of images")
     except ValueError as error:

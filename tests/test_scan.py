@@ -97,6 +97,15 @@ def test_scan_follows_file_symlink_and_lists_broken_one(tmp_path: Path) -> None:
     assert scan_folder(tmp_path) == ["broken.png", "linked.png", "real.png"]
 
 
+def test_scan_ignores_links_to_fifo_and_folder(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "pipe.jpg").symlink_to(tmp_path / "pipe")
+    _touch(tmp_path, "album/a.jpg")
+    (tmp_path / "album.jpg").symlink_to(tmp_path / "album", target_is_directory=True)
+
+    assert scan_folder(tmp_path) == ["album/a.jpg"]
+
+
 def test_printable_path_escapes_bytes_that_are_not_utf8() -> None:
     name = os.fsdecode(b"caf\xe9/\xff.png")
     assert printable_path(name) == "caf\\xe9/\\xff.png"

@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from app.charts import show_training_curves  # noqa: E402
 from app.overview_panel import load_diagnostics, show_diagnostics, show_heads, show_settings  # noqa: E402
-from app.state import load_metrics, load_skipped  # noqa: E402
+from app.state import load_metrics, load_run_edits, load_skipped  # noqa: E402
 from app.widgets import escape, require_edited_labels, require_run, run_page, start_page  # noqa: E402
 from core.background import training_status  # noqa: E402
 
@@ -41,10 +41,11 @@ def main() -> None:
     for message in edited.ignored:
         st.warning(message)
     diagnostics = load_diagnostics(run_dir)
-    show_heads(edited, with_signs=diagnostics is None)
+    sizes_edited = any(edit.kind in ("merge", "move") for edit in load_run_edits(run_dir))
+    show_heads(edited, with_signs=diagnostics is None or sizes_edited)
     if diagnostics is not None:
         st.subheader("Diagnostics")
-        show_diagnostics(run_dir, edited, diagnostics)
+        show_diagnostics(run_dir, edited, diagnostics, before_edits=sizes_edited)
 
 
 start_page("Overview")
