@@ -32,7 +32,7 @@ def trouble_signs(sizes: np.ndarray) -> list[str]:
         signs.append(f"{empty} of {len(sizes)} classes are empty.")
     single = int((sizes == 1).sum())
     if single:
-        signs.append(f"{single} classes hold a single image.")
+        signs.append(f"{single} classes hold a single image." if single > 1 else "1 class holds a single image.")
     if total and sizes.max() / total > DOMINANT_SHARE:
         largest = int(sizes.argmax())
         signs.append(f"Class {largest} contains {sizes.max() / total:.0%} of the images.")

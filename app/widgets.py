@@ -116,7 +116,8 @@ def choose_head(edited: EditedLabels, key: str, label: str = "Head") -> str:
 def class_label(edited: EditedLabels, head: str, class_index: int, sizes: np.ndarray | None = None) -> str:
     """Return ``3 · name (412 images)`` for a class of ``head``."""
     sizes = edited.class_sizes(head) if sizes is None else sizes
-    return f"{class_index} · {edited.class_name(head, class_index)} ({int(sizes[class_index])} images)"
+    size = int(sizes[class_index])
+    return f"{class_index} · {edited.class_name(head, class_index)} ({size} {'image' if size == 1 else 'images'})"
 
 
 def choose_class(edited: EditedLabels, head: str, key: str, label: str = "Class") -> int:

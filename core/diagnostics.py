@@ -210,7 +210,7 @@ def write_diagnostics(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
     if not files.labels.is_file():
-        raise ValueError(f"{files.labels} not found: label the folder with this run first.")
+        raise ValueError(f"{files.labels} not found: write it first with python -m core assign {files.root}")
     table = read_labels_csv(files.labels)
     embeddings = _load_embeddings(files.embeddings, len(table.paths))
 

@@ -89,7 +89,7 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     if not files.root.is_dir():
         raise ValueError(f"run directory {run_dir} not found: give the --out directory of a label or train command.")
     if not files.labels.is_file():
-        raise ValueError(f"{files.labels} not found: label the folder with this run before evaluating it.")
+        raise ValueError(f"{files.labels} not found: write it first with python -m core assign {files.root}")
     table = read_labels_csv(files.labels)
     truth = _folder_labels(table.paths, files.labels)
 

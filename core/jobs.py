@@ -13,6 +13,7 @@ import torch
 
 from core import distributed
 from core.append import AppendResult, append_to_run
+from core.appended_folders import read_appended_folders
 from core.assign import Assignment, assign_cache, assign_folder, load_trained_model
 from core.config import TrainConfig
 from core.diagnostics import write_diagnostics
@@ -145,6 +146,7 @@ def assign_training_images(run_dir: Path, cache: ImageCache, device_name: str = 
         return None
     write_labels_csv(files.labels, result.paths, result.classes, result.confidences, config.class_counts)
     logger.info("Wrote %d labels to %s", len(result.paths), files.labels)
+    _warn_dropped_appended_rows(run_dir)
     write_run_diagnostics(run_dir)
     return result
 
@@ -166,10 +168,11 @@ def assign(
     """Assign the images of ``folder`` (default: the run's own folder) with a trained run.
 
     Labels go to ``csv_path`` (default ``RUN/labels.csv``, for the run's own
-    folder only; another folder needs a separate ``csv_path``). For the run's own
-    folder the embeddings go to ``RUN/embeddings.npy`` and the skipped
-    files to ``RUN/skipped.csv``; for another folder they go beside the CSV
-    as ``NAME.embeddings.npy`` and ``NAME.skipped.csv``.
+    folder only; another folder needs a separate ``csv_path``). With
+    ``RUN/labels.csv`` the embeddings go to ``RUN/embeddings.npy`` and the
+    skipped files to ``RUN/skipped.csv``; with any other CSV they go beside it
+    as ``NAME.embeddings.npy`` and ``NAME.skipped.csv``, and the run's files
+    stay as they are.
 
     Under torchrun each process decodes and assigns a contiguous share of
     the images. The main process writes the same files, in the same order,
@@ -188,7 +191,8 @@ def assign(
             "its images to the run."
         )
     csv_path = Path(csv_path) if csv_path is not None else files.labels
-    if own_folder:
+    writes_run_labels = csv_path.resolve() == files.labels.resolve()
+    if writes_run_labels:
         embeddings_path, skipped_path = files.embeddings, files.skipped
     else:
         embeddings_path = csv_path.with_name(csv_path.stem + ".embeddings.npy")
@@ -206,14 +210,30 @@ def assign(
     write_labels_csv(csv_path, result.paths, result.classes, result.confidences, config.class_counts)
     write_skipped(skipped_path, result.skipped)
     logger.info("Wrote %d labels to %s (files skipped: %d)", len(result.paths), csv_path, len(result.skipped))
-    if own_folder and csv_path.resolve() == files.labels.resolve():
+    if writes_run_labels:
+        _warn_dropped_appended_rows(run_dir)
         write_run_diagnostics(run_dir)
     return result
 
 
+def _warn_dropped_appended_rows(run_dir: Path) -> None:
+    """Warn that rewriting RUN/labels.csv from the image folder left out the appended folders."""
+    folders = read_appended_folders(run_dir)
+    if folders:
+        listed = " ".join(str(folder) for folder in folders)
+        logger.warning(
+            "labels.csv now lists the run's image folder only. To add the images appended before, "
+            "run python -m core assign %s FOLDER --append for each of: %s", run_dir, listed,
+        )
+
+
 def append(run_dir: Path, folder: Path, device_name: str = "auto", workers: int | None = None) -> AppendResult:
-    """Add the images of ``folder`` that the run does not list to its labels.csv and embeddings.npy."""
-    return append_to_run(run_dir, folder, device_name, workers)
+    """Add the images of ``folder`` that the run does not list to its labels.csv and embeddings.npy,
+    then update the diagnostics."""
+    result = append_to_run(run_dir, folder, device_name, workers)
+    if result.added:
+        write_run_diagnostics(run_dir)
+    return result
 
 
 def label(config: TrainConfig, run_dir: Path) -> Assignment | None:

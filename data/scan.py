@@ -134,10 +134,10 @@ def _list_visible(folder: str) -> list[os.DirEntry[str]]:
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
+    # A link loop fails here and in _image_files, and only the latter reports it.
     try:
         return entry.is_dir()
-    except OSError as exc:
-        logger.warning("Skipping %s: %s", printable_path(entry.path), exc.strerror or exc)
+    except OSError:
         return False
 
 
@@ -148,15 +148,17 @@ def _image_files(folder: str, rel_folder: str, entries: list[os.DirEntry[str]]) 
         if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
             continue
 
-        # is_file follows symlinks, so it is False for a broken symlink. Such a
-        # link is kept, so that decoding lists it as skipped with its reason.
+        # is_file follows symlinks, so it is False for a broken symlink, and it
+        # raises for a link loop. Both are kept, so that decoding lists them as
+        # skipped with the reason.
         try:
             is_file = entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
-        except OSError as exc:
-            logger.warning("Skipping %s: %s", printable_path(entry.path), exc.strerror or exc)
-            continue
+        except OSError:
+            is_file = True
         if not is_file:
-            logger.debug("Skipping %s in %s: not a regular file", printable_path(entry.name), folder)
+            if not _is_dir(entry):
+                logger.warning("Skipping %s: not a regular file (a FIFO, socket or device)",
+                               printable_path(entry.path))
             continue
 
         images.append(rel_folder + entry.name)

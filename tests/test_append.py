@@ -1,4 +1,6 @@
 import csv
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,6 +14,7 @@ from core.appended_folders import read_appended_folders
 from core.cli import main
 from core.config import TrainConfig
 from core.embedding_map import place_by_neighbours
+from core.jobs import append as jobs_append
 from core.jobs import assign
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
@@ -102,6 +105,27 @@ def test_assign_other_folder_keeps_run_labels(run, second_folder):
 
     assert files.labels.read_bytes() == before
     assert not (run / "labels.embeddings.npy").exists()
+
+
+def test_assign_own_folder_to_other_csv_keeps_run_files(run, second_folder, tmp_path, caplog):
+    files = RunFiles(run)
+    jobs_append(run, second_folder, device_name="cpu", workers=0)
+    assert json.loads(files.diagnostics.read_text(encoding="utf-8"))["num_images"] == 26
+    before = {path: path.read_bytes() for path in (files.labels, files.embeddings, files.skipped)}
+    image_folder = Path(TrainConfig.load(files.config).image_folder)
+
+    result = assign(run, image_folder, tmp_path / "own.csv", "cpu", 0)
+
+    assert len(result.paths) == 16
+    assert {path: path.read_bytes() for path in before} == before
+    assert np.load(tmp_path / "own.embeddings.npy").shape == (16, 128)
+    assert (tmp_path / "own.skipped.csv").exists()
+
+    # Rewriting RUN/labels.csv from the image folder says how to add the appended images again.
+    with caplog.at_level(logging.WARNING):
+        assign(run, None, None, "cpu", 0)
+    assert len(read_labels_csv(files.labels).paths) == 16
+    assert f"assign {run} FOLDER --append for each of: {second_folder.resolve()}" in caplog.text
 
 
 def test_append_twice_adds_nothing(run, second_folder):

@@ -486,7 +486,7 @@ def test_write_diagnostics_without_embeddings(tmp_path):
 
 
 def test_write_diagnostics_rejects_missing_labels(tmp_path):
-    with pytest.raises(ValueError, match="labels.csv not found: label the folder"):
+    with pytest.raises(ValueError, match="labels.csv not found: write it first with python -m core assign"):
         write_diagnostics(tmp_path)
 
 

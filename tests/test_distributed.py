@@ -285,11 +285,11 @@ def test_torchrun_assign_matches_one_process(two_process_run, tmp_path):
     assert sharded.paths == single.paths
     np.testing.assert_array_equal(sharded.classes, single.classes)
     np.testing.assert_allclose(sharded.confidences, single.confidences, atol=1e-4)
-    # Both runs assign the run's own folder, so both write RUN/embeddings.npy;
-    # the rows must follow labels.csv.
-    embeddings = np.load(RunFiles(run).embeddings)
+    # The embeddings go beside each CSV, with rows in the CSV's order.
+    embeddings = np.load(tmp_path / "two.embeddings.npy")
     assert embeddings.shape == (40, 128)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(embeddings, np.load(tmp_path / "one.embeddings.npy"), atol=1e-4)
 
 
 # A process that dies

@@ -30,11 +30,13 @@ def _plant_bad_files(folder: Path) -> dict[str, str]:
     (folder / "airplane" / "truncated.jpg").write_bytes(real[: len(real) // 2])
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image", encoding="utf-8")
-    # A readable image whose name is Latin-1, not UTF-8, and a link to a deleted file
+    # A readable image whose name is Latin-1, not UTF-8, a link to a deleted file and a link to itself
     (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(real)
     (folder / "dangling.png").symlink_to(folder / "deleted.png")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
     return {"airplane/truncated.jpg": "truncated", "empty.png": "empty", "notes.jpg": "not an image",
-            "caf\\xe9.jpg": "not valid utf-8", "dangling.png": "broken symbolic link"}
+            "caf\\xe9.jpg": "not valid utf-8", "dangling.png": "broken symbolic link",
+            "loop.jpg": "too many levels of symbolic links"}
 
 
 def test_label_writes_complete_run(demo_folder, tmp_path):

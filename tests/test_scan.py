@@ -97,13 +97,25 @@ def test_scan_follows_file_symlink_and_lists_broken_one(tmp_path: Path) -> None:
     assert scan_folder(tmp_path) == ["broken.png", "linked.png", "real.png"]
 
 
-def test_scan_ignores_links_to_fifo_and_folder(tmp_path: Path) -> None:
+def test_scan_warns_of_fifo_and_ignores_folder_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "pipe.jpg").symlink_to(tmp_path / "pipe")
     _touch(tmp_path, "album/a.jpg")
     (tmp_path / "album.jpg").symlink_to(tmp_path / "album", target_is_directory=True)
 
-    assert scan_folder(tmp_path) == ["album/a.jpg"]
+    with caplog.at_level(logging.WARNING):
+        assert scan_folder(tmp_path) == ["album/a.jpg"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Skipping {tmp_path / 'pipe.jpg'}: not a regular file (a FIFO, socket or device)"]
+
+
+def test_scan_lists_link_loop_once_for_decoding(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "loop_a.jpg").symlink_to(tmp_path / "loop_b.jpg")
+    (tmp_path / "loop_b.jpg").symlink_to(tmp_path / "loop_a.jpg")
+
+    with caplog.at_level(logging.WARNING):
+        assert scan_folder(tmp_path) == ["loop_a.jpg", "loop_b.jpg"]
+    assert not caplog.records
 
 
 def test_printable_path_escapes_bytes_that_are_not_utf8() -> None:
