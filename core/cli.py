@@ -177,9 +177,17 @@ def _with_option(error: Exception) -> str:
     return f"invalid {option}: {error}" if option else str(error)
 
 
+def _check_out(out: Path) -> None:
+    """Raise ValueError when ``out``, or the nearest part of its path that exists, is a file."""
+    existing = next((path for path in (out, *out.parents) if path.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    where = "is a file" if existing == out else f"is inside {existing}, which is a file"
+    raise ValueError(f"--out {out} {where}, not a folder. Give the path of a new or existing run folder.")
+
+
 def _run_training(args: argparse.Namespace) -> None:
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a file, not a folder. Give the path of a new or existing run folder.")
+    _check_out(args.out)
     check_image_folder(args.folder)
     overrides = config_overrides(args)
     if overrides.get("init") not in (None, IMAGENET):
@@ -197,6 +205,8 @@ def _run_training(args: argparse.Namespace) -> None:
         _log_process_group()
         if args.command == "label":
             jobs.label(config, args.out)
+            logger.info("Browse the classes with: streamlit run app/Home.py. When the folder names are the "
+                        "true classes, score them with: python -m core evaluate %s", args.out)
         else:
             jobs.train(config, args.out)
             logger.info("To write labels.csv with this network, run: python -m core assign %s", args.out)

@@ -62,6 +62,8 @@ def test_unusable_folder_or_out_leaves_no_run_folder(demo_folder, tmp_path, caps
     taken.write_text("keep me", encoding="utf-8")
     assert main(["label", str(demo_folder), "--out", str(taken)]) == 2
     assert f"--out {taken} is a file, not a folder. Give the path" in capsys.readouterr().err
+    assert main(["label", str(demo_folder), "--out", str(taken / "run")]) == 2
+    assert f"--out {taken / 'run'} is inside {taken}, which is a file, not a folder." in capsys.readouterr().err
     assert taken.read_text(encoding="utf-8") == "keep me"
 
 
