@@ -88,7 +88,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from core.hierarchy import class_tree, coarse_to_fine_order, contingency_table, validate_assignments
 from core.json_files import write_json_atomic
-from core.labels_csv import read_labels_csv
+from core.labels_csv import read_run_labels
 from core.run_files import RunFiles
 
 logger = logging.getLogger(__name__)
@@ -209,9 +209,7 @@ def write_diagnostics(run_dir: Path) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
-    if not files.labels.is_file():
-        raise ValueError(f"{files.labels} not found: write it first with python -m core assign {files.root}")
-    table = read_labels_csv(files.labels)
+    table = read_run_labels(files)
     embeddings = _load_embeddings(files.embeddings, len(table.paths))
 
     diagnostics = compute_diagnostics(

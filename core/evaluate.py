@@ -18,7 +18,7 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, nor
 from sklearn.metrics.cluster import contingency_matrix
 
 from core.json_files import write_json_atomic
-from core.labels_csv import read_labels_csv
+from core.labels_csv import read_run_labels
 from core.run_files import RunFiles
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ def evaluate_run(run_dir: Path) -> dict[str, Any]:
     files = RunFiles(Path(run_dir))
     if not files.root.is_dir():
         raise ValueError(f"run directory {run_dir} not found: give the --out directory of a label or train command.")
-    if not files.labels.is_file():
-        raise ValueError(f"{files.labels} not found: write it first with python -m core assign {files.root}")
-    table = read_labels_csv(files.labels)
+    table = read_run_labels(files)
     truth = _folder_labels(table.paths, files.labels)
 
     heads = {}

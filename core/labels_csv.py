@@ -61,6 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.run_files import RunFiles
+
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 PATH_ESCAPE = "./"
 TEXT_ESCAPE = "'"
@@ -148,6 +150,17 @@ def write_labels_csv(
         header += [f"class_{name}", f"confidence_{name}"]
     header += list(extra)
     _write_atomically(Path(path), header, _rows(rel_paths, classes, confidences, extra))
+
+
+def read_run_labels(files: RunFiles) -> LabelsTable:
+    """Read the labels.csv of a run directory (see ``read_labels_csv``).
+
+    Raises:
+        ValueError: if the run has no labels.csv yet; the message gives the command that writes it.
+    """
+    if not files.labels.is_file():
+        raise ValueError(f"{files.labels} not found: write it first with python -m core assign {files.root}")
+    return read_labels_csv(files.labels)
 
 
 def read_labels_csv(path: Path) -> LabelsTable:
