@@ -44,17 +44,17 @@ def scan_folder(root: Path) -> list[str]:
     return found
 
 
-def printable_path(rel_path: str) -> str:
-    """Return ``rel_path`` for logs and CSV files, with bytes of the name that are
-    not UTF-8 written as ``\\xNN`` escapes.
+def printable_path(text: str) -> str:
+    """Return ``text``, a path or a message that contains one, for logs and CSV files,
+    with bytes of the path that are not UTF-8 written as ``\\xNN`` escapes.
 
     Python keeps such bytes in a path string as lone surrogates, which a UTF-8
     file cannot store.
     """
     try:
-        raw = rel_path.encode("utf-8", "surrogateescape")
+        raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
-        return rel_path.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
 
 

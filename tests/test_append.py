@@ -107,7 +107,7 @@ def test_assign_other_folder_keeps_run_labels(run, second_folder):
     assert not (run / "labels.embeddings.npy").exists()
 
 
-def test_assign_own_folder_to_other_csv_keeps_run_files(run, second_folder, tmp_path, caplog):
+def test_assign_other_csv_keeps_run_files(run, second_folder, tmp_path, caplog):
     files = RunFiles(run)
     jobs_append(run, second_folder, device_name="cpu", workers=0)
     assert json.loads(files.diagnostics.read_text(encoding="utf-8"))["num_images"] == 26
@@ -121,7 +121,7 @@ def test_assign_own_folder_to_other_csv_keeps_run_files(run, second_folder, tmp_
     assert np.load(tmp_path / "own.embeddings.npy").shape == (16, 128)
     assert (tmp_path / "own.skipped.csv").exists()
 
-    # Rewriting RUN/labels.csv from the image folder says how to add the appended images again.
+    # Rewriting RUN/labels.csv from the image folder logs how to add the appended images again.
     with caplog.at_level(logging.WARNING):
         assign(run, None, None, "cpu", 0)
     assert len(read_labels_csv(files.labels).paths) == 16

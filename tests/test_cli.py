@@ -58,13 +58,13 @@ def test_unusable_folder_or_out_leaves_no_run_folder(demo_folder, tmp_path, caps
     assert "is a file, not a folder" in capsys.readouterr().err
     assert not run.exists()
 
-    taken = tmp_path / "notes.txt"
-    taken.write_text("keep me", encoding="utf-8")
-    assert main(["label", str(demo_folder), "--out", str(taken)]) == 2
-    assert f"--out {taken} is a file, not a folder. Give the path" in capsys.readouterr().err
-    assert main(["label", str(demo_folder), "--out", str(taken / "run")]) == 2
-    assert f"--out {taken / 'run'} is inside {taken}, which is a file, not a folder." in capsys.readouterr().err
-    assert taken.read_text(encoding="utf-8") == "keep me"
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("keep me", encoding="utf-8")
+    assert main(["label", str(demo_folder), "--out", str(text_file)]) == 2
+    assert f"--out {text_file} is a file, not a folder. Give the path" in capsys.readouterr().err
+    assert main(["label", str(demo_folder), "--out", str(text_file / "run")]) == 2
+    assert f"--out {text_file / 'run'} is inside {text_file}, which is a file, not a folder." in capsys.readouterr().err
+    assert text_file.read_text(encoding="utf-8") == "keep me"
 
 
 def test_missing_run_leaves_no_folder(tmp_path, capsys):

@@ -29,7 +29,7 @@ def test_head_logits_are_cosine_similarities():
     torch.testing.assert_close(model.classify(embeddings)[0], expected)
 
 
-def test_projection_and_heads_run_in_float32_under_bf16_autocast():
+def test_heads_stay_float32_under_autocast():
     model = build_model("resnet10t", 32, [10], hidden_dim=32).eval()
     features = torch.randn(8, model.projection.layers[0].in_features)
     expected_embeddings = model.projection(features)
