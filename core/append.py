@@ -46,7 +46,7 @@ from core.labels_csv import LabelsTable, read_labels_csv, write_labels_csv
 from core.run_files import RunFiles
 from core.setup import resolve_device, write_skipped
 from data.cache import SkippedFile
-from data.scan import printable_path, scan_folder, unusable_name_reason
+from data.scan import no_images_message, printable_path, scan_folder, unusable_name_reason
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def append_to_run(
         )
     candidates = scan_folder(Path(folder))
     if not candidates:
-        raise ValueError(f"no image files found in {folder}; point to a folder that contains images")
+        raise ValueError(no_images_message(Path(folder)))
     new_paths, stored, duplicates = select_new_images(Path(folder), candidates, image_root, table.paths)
     if duplicates:
         logger.info("%d of %d images in %s are already in the run", len(duplicates), len(candidates), folder)

@@ -17,7 +17,7 @@ from core.logs import setup_logging
 from core.run_files import RunFiles
 from core.run_lock import RunBusyError, run_lock
 from core.train import TrainingDivergedError
-from data.scan import check_image_folder
+from data.scan import check_image_folder, contains_image_files, no_images_message
 from models.backbones import BACKBONES
 from models.weights import IMAGENET
 
@@ -198,7 +198,10 @@ def _run_training(args: argparse.Namespace) -> None:
         raise ValueError(
             f"{args.out} was trained on {config.image_folder}, not {args.folder}; use a new --out directory"
         )
-    # The run directory and its log start only now, so a mistyped command leaves no folder behind.
+    # The run directory and its log start only now, so a mistyped command, or a
+    # folder without images, leaves no run folder behind.
+    if not args.out.exists() and not contains_image_files(args.folder):
+        raise ValueError(no_images_message(args.folder))
     args.out.mkdir(parents=True, exist_ok=True)
     with _locked(args.out):
         _setup_logging(args, RunFiles(args.out).log)

@@ -23,7 +23,7 @@ from core.run_files import RunFiles
 from core.setup import resolve_batch_size, resolve_config, resolve_device, write_skipped
 from core.train import Trainer, TrainingState, build_initial_model
 from data.cache import ImageCache, build_cache
-from data.scan import scan_folder
+from data.scan import no_images_message, scan_folder
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,7 @@ def prepare_images(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, Ima
     root = Path(config.image_folder)
     paths = scan_folder(root)
     if not paths:
-        raise ValueError(
-            f"no image files found in {root} (searched sub-folders for .jpg, .jpeg, .png, .bmp, .gif, "
-            ".tif, .tiff, .webp, .heic, .heif); point to a folder that holds images"
-        )
+        raise ValueError(no_images_message(root))
 
     distributed.check_same_list(paths, f"list of image files in {root}")
     config = resolve_config(config, root, paths)
@@ -200,7 +197,7 @@ def assign(
 
     paths = scan_folder(root)
     if not paths:
-        raise ValueError(f"no image files found in {root}; point to a folder that contains images")
+        raise ValueError(no_images_message(root))
     distributed.check_same_list(paths, f"list of image files in {root}")
     workers = config.workers if workers is None else workers
     result = assign_folder(model, root, paths, config.image_size, config.row_tau, embeddings_path, device, workers)

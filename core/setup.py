@@ -110,7 +110,8 @@ def resolve_batch_size(config: TrainConfig, num_images: int) -> int:
     """
     if num_images < MIN_IMAGES:
         raise ValueError(
-            f"found {num_images} usable images in {config.image_folder}; at least {MIN_IMAGES} are "
+            f"found {num_images} usable {'image' if num_images == 1 else 'images'} in {config.image_folder}; "
+            f"at least {MIN_IMAGES} are "
             "needed. Point to a folder with more images (sub-folders are searched too)."
         )
     if config.batch_size == 0:

@@ -44,6 +44,21 @@ def scan_folder(root: Path) -> list[str]:
     return found
 
 
+def contains_image_files(root: Path) -> bool:
+    """Return whether ``scan_folder(root)`` would find at least one file, stopping at the first."""
+    check_image_folder(root)
+    return any(_image_files(folder, rel, entries) for folder, rel, entries in _walk_folders(root))
+
+
+def no_images_message(root: Path) -> str:
+    """Return the message for a folder under which no image file was found."""
+    suffixes = ", ".join(sorted(IMAGE_EXTENSIONS))
+    return (
+        f"no image files found in {printable_path(str(root))} (searched sub-folders for {suffixes}); "
+        "point to a folder that holds images"
+    )
+
+
 def printable_path(text: str) -> str:
     """Return ``text``, a path or a message that contains one, for logs and CSV files,
     with bytes of the path that are not UTF-8 written as ``\\xNN`` escapes.

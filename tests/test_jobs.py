@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.cli import main
 from core.config import TrainConfig
@@ -86,11 +87,21 @@ def test_label_reports_too_few_images(tmp_path, capsys):
     assert "found 0 usable images" in capsys.readouterr().err
 
 
-def test_label_reports_empty_folder(tmp_path, capsys):
+def test_label_reports_empty_folder_and_creates_no_run(tmp_path, capsys):
     folder = tmp_path / "empty"
-    folder.mkdir()
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "readme.txt").write_text("no images here")
     assert main(["label", str(folder), "--out", str(tmp_path / "run")]) == 2
     assert "no image files found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_usable_image_is_reported_in_the_singular(tmp_path, capsys):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), "red").save(folder / "only.png")
+    assert main(["label", str(folder), "--out", str(tmp_path / "run"), *FAST]) == 2
+    assert "found 1 usable image in" in capsys.readouterr().err
 
 
 def test_batch_larger_than_folder_is_rejected(demo_folder, tmp_path, capsys):

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from data.scan import IMAGE_EXTENSIONS, ground_truth_label, printable_path, scan_folder, unusable_name_reason
+from data.scan import (
+    IMAGE_EXTENSIONS,
+    contains_image_files,
+    ground_truth_label,
+    printable_path,
+    scan_folder,
+    unusable_name_reason,
+)
 
 
 def _touch(root: Path, *rel_paths: str) -> None:
@@ -53,6 +60,15 @@ def test_scan_skips_folder_named_like_image(tmp_path: Path) -> None:
 
 def test_scan_empty_folder(tmp_path: Path) -> None:
     assert scan_folder(tmp_path) == []
+    assert not contains_image_files(tmp_path)
+
+
+def test_contains_images_searches_sub_folders(tmp_path: Path) -> None:
+    _touch(tmp_path, "notes.txt", ".hidden/a.jpg")
+    assert not contains_image_files(tmp_path)
+
+    _touch(tmp_path, "deep/er/photo.JPG")
+    assert contains_image_files(tmp_path)
 
 
 def test_scan_symlink_loop_terminates(tmp_path: Path) -> None:
