@@ -451,9 +451,11 @@ def recommend_head(
     if passing:
         best = max(passing, key=lambda n: count_of[n])
         stats = heads[best]
+        finer = ", ".join(stats["refined_by"])
         reason = (
-            f"{best} is the largest head that passes the rule: {', '.join(stats['refined_by'])} nests into it "
-            f"with lambda {stats['refinement_lambda']:.2f}."
+            f"{best} is the largest head whose classes the next larger head splits cleanly: {finer} nests into "
+            f"it with lambda {stats['refinement_lambda']:.2f} (at least {MIN_REFINEMENT_LAMBDA} needed). "
+            + _lambda_meaning(stats["refinement_lambda"], best, finer)
         )
         return Recommendation(best, reason, None)
 
@@ -468,11 +470,17 @@ def recommend_head(
         compared = f"{after:.2f} assumed for {finer}, the largest head, which no larger head checks"
     reason = (
         f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because nesting drops "
-        f"most after it: {finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}."
+        f"most after it: {finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}. "
+        + _lambda_meaning(stats["refinement_lambda"], best, finer)
     )
     if stats["refinement_lambda"] < WEAK_NESTING_LAMBDA:
         return Recommendation(best, reason, f"{reason} The heads barely nest, so this choice is weak.")
     return Recommendation(best, reason, reason)
+
+
+def _lambda_meaning(value: float, coarse: str, finer: str) -> str:
+    return (f"Lambda {value:.2f} means that knowing an image's {finer} class removes {value:.0%} of the "
+            f"errors made when guessing its {coarse} class.")
 
 
 # ------------------------------------------------------------- merge suggestions

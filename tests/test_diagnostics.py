@@ -270,6 +270,18 @@ def test_recommend_head_names_compared_heads():
     recommendation = recommend_head(heads, NAMES, COUNTS)
 
     assert "k20 nests into it with lambda 0.70, against 0.50 for k40 into k20." in recommendation.reason
+    assert "knowing an image's k20 class removes 70% of the errors made when guessing its k10 class" in (
+        recommendation.reason
+    )
+
+
+def test_recommend_head_explains_passing_lambda():
+    heads = _rule_heads(dict(zip(NAMES, [0.99, 0.95, 0.86, None], strict=True)))
+    recommendation = recommend_head(heads, NAMES, COUNTS)
+
+    assert recommendation.reason.startswith("k20 is the largest head whose classes the next larger head splits")
+    assert "k40 nests into it with lambda 0.86 (at least 0.85 needed)" in recommendation.reason
+    assert "removes 86% of the errors made when guessing its k20 class" in recommendation.reason
 
 
 def test_recommend_head_names_assumed_lambda_of_largest():
