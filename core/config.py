@@ -14,6 +14,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 # At 2, brightness and contrast factors span 0.2 to 1.8. Stronger jitter would make some crops nearly black.
 MAX_COLOR_STRENGTH = 2.0
+# Settings whose value here means "choose from the data and machine", so that
+# asking for it again fits any value a saved run chose.
+AUTOMATIC_VALUES: dict[str, Any] = {"batch_size": 0, "backbone": "auto", "image_size": 0, "local_size": 0,
+                                    "hidden_dim": 0}
 
 
 @dataclass(frozen=True)

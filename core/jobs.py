@@ -15,7 +15,7 @@ from core import distributed
 from core.append import AppendResult, append_to_run
 from core.appended_folders import read_appended_folders
 from core.assign import Assignment, assign_cache, assign_folder, load_trained_model
-from core.config import TrainConfig
+from core.config import AUTOMATIC_VALUES, TrainConfig
 from core.diagnostics import write_diagnostics
 from core.head_only import train_head_only
 from core.labels_csv import write_labels_csv
@@ -40,6 +40,8 @@ def load_or_create_config(run_dir: Path, config: TrainConfig, overrides: dict) -
     A new run uses ``config``. An existing run (one with ``config.json``)
     keeps its saved settings, except ``epochs``, ``time_budget``, ``device``,
     ``precision`` and ``workers``, which ``overrides`` may change to continue training.
+    An override that asks for an automatic value (``--backbone auto``,
+    ``--batch-size 0``) fits the value the run chose.
 
     Raises:
         ValueError: if ``overrides`` changes a setting that a resumed run must keep.
@@ -52,6 +54,7 @@ def load_or_create_config(run_dir: Path, config: TrainConfig, overrides: dict) -
     conflicts = {
         name: value for name, value in overrides.items()
         if name not in changeable and getattr(saved, name) != value
+        and not (name in AUTOMATIC_VALUES and value == AUTOMATIC_VALUES[name])
     }
     if conflicts:
         listed = ", ".join(f"{name}={value!r} (run has {getattr(saved, name)!r})" for name, value in conflicts.items())

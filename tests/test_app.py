@@ -20,6 +20,7 @@ from core.cli import build_parser, config_overrides
 from core.config import TrainConfig
 from core.edits import Edit, load_edits, save_edits
 from core.labels_csv import read_labels_csv, write_labels_csv
+from core.metrics_log import read_metrics
 from core.run_files import RunFiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -513,8 +514,10 @@ def test_train_page_starts_stops_and_resumes(tmp_path, monkeypatch):
 
         app.run()
         assert "stopped" in app.info[0].value
+        epochs_before = len(read_metrics(RunFiles(run_dir).metrics))
         button(app, "Resume training").click().run()
         assert training_status(run_dir).running
+        _wait_for(lambda: len(read_metrics(RunFiles(run_dir).metrics)) > epochs_before, "a resumed epoch")
     finally:
         stop_training(run_dir)
         _wait_for(lambda: not training_status(run_dir).running, "training to stop", fail=False)

@@ -119,6 +119,17 @@ def test_resume_with_other_settings_is_rejected(demo_folder, tmp_path, capsys):
     assert "seed=5" in capsys.readouterr().err
 
 
+def test_resume_accepts_automatic_values(demo_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+    automatic = ["--backbone", "auto", "--batch-size", "0", "--image-size", "0", "--hidden-dim", "0",
+                 "--classes", "4", "8", "--workers", "0"]
+
+    assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "2", *automatic]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert TrainConfig.load(run / "config.json").backbone != "auto"
+
+
 def test_finished_run_says_how_to_train_longer(demo_folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
