@@ -93,8 +93,8 @@ from core.run_files import RunFiles
 
 logger = logging.getLogger(__name__)
 
-DIAGNOSTICS_FILE = "diagnostics.json"
-CLASS_TREE_FILE = "class_tree.json"
+DIAGNOSTICS_FILE = RunFiles(Path()).diagnostics.name
+CLASS_TREE_FILE = RunFiles(Path()).class_tree.name
 
 # Thresholds for doubtful classes and for the recommendation rule, explained in the module docstring.
 TINY_SHARE = 0.1
@@ -216,8 +216,8 @@ def write_diagnostics(run_dir: Path) -> dict[str, Any]:
         table.classes, table.confidences, table.class_counts, table.head_names, embeddings
     )
     tree = class_tree(table.classes, table.head_names, table.class_counts)
-    write_json_atomic(run_dir / DIAGNOSTICS_FILE, diagnostics, allow_nan=False)
-    write_json_atomic(run_dir / CLASS_TREE_FILE, tree, allow_nan=False)
+    write_json_atomic(files.diagnostics, diagnostics, allow_nan=False)
+    write_json_atomic(files.class_tree, tree, allow_nan=False)
     logger.info(
         "Wrote %s and %s. Recommended head: %s.", DIAGNOSTICS_FILE, CLASS_TREE_FILE, diagnostics["recommended_head"]
     )

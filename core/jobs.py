@@ -197,6 +197,7 @@ def assign(
     else:
         embeddings_path = csv_path.with_name(csv_path.stem + ".embeddings.npy")
         skipped_path = csv_path.with_name(csv_path.stem + ".skipped.csv")
+        check_csv_target(csv_path, (csv_path, embeddings_path, skipped_path), files)
 
     paths = scan_folder(root)
     if not paths:
@@ -214,6 +215,23 @@ def assign(
         _warn_dropped_appended_rows(run_dir)
         write_run_diagnostics(run_dir)
     return result
+
+
+def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles) -> None:
+    """Raise ValueError, before any image is decoded, when ``--csv`` cannot be written or
+    one of ``outputs`` would replace a file of the run."""
+    if csv_path.is_dir():
+        raise ValueError(f"--csv {csv_path} is a folder. Give a file name, for example {csv_path / 'labels.csv'}.")
+    blocking = next((parent for parent in csv_path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"--csv {csv_path} is inside {blocking}, which is a file. Give a path in a folder.")
+    owned = files.owned_paths()
+    clash = next((path for path in outputs if path.resolve() in owned), None)
+    if clash is not None:
+        raise ValueError(
+            f"--csv {csv_path} would overwrite {clash}, a file of the run {files.root}. "
+            "Choose another name or folder for the CSV."
+        )
 
 
 def _warn_dropped_appended_rows(run_dir: Path) -> None:

@@ -53,6 +53,10 @@ class RunFiles:
         return self.root / "diagnostics.json"
 
     @property
+    def class_tree(self) -> Path:
+        return self.root / "class_tree.json"
+
+    @property
     def thumbnails_dir(self) -> Path:
         return self.root / "thumbnails"
 
@@ -92,3 +96,8 @@ class RunFiles:
     def appended_folders(self) -> Path:
         """Absolute paths of the folders whose images were appended to the run, as a JSON list."""
         return self.root / "appended_folders.json"
+
+    def owned_paths(self) -> frozenset[Path]:
+        """Return the resolved path of every file and folder named here, for checks that must not overwrite them."""
+        names = [name for name, value in vars(RunFiles).items() if isinstance(value, property)]
+        return frozenset(getattr(self, name).resolve() for name in names)

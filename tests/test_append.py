@@ -128,6 +128,40 @@ def test_assign_other_csv_keeps_run_files(run, second_folder, tmp_path, caplog):
     assert f"assign {run} FOLDER --append for each of: {second_folder.resolve()}" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["embeddings.npy", "skipped.csv", "config.json", "edits.json"])
+def test_assign_csv_never_replaces_run_files(run, second_folder, name):
+    files = RunFiles(run)
+    target = run / name
+    before = {path: path.read_bytes() for path in run.iterdir() if path.is_file()}
+
+    with pytest.raises(ValueError, match=f"would overwrite {target}, a file of the run"):
+        assign(run, second_folder, target, "cpu", 0)
+
+    assert {path: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    assert not (run / f"{target.stem}.embeddings.npy").exists()
+    assert files.labels.exists()
+
+
+def test_assign_csv_new_name_in_run_folder(run, second_folder):
+    embeddings_before = RunFiles(run).embeddings.read_bytes()
+
+    result = assign(run, second_folder, run / "photos.csv", "cpu", 0)
+
+    assert len(result.paths) == 10
+    assert np.load(run / "photos.embeddings.npy").shape == (10, 128)
+    assert RunFiles(run).embeddings.read_bytes() == embeddings_before
+
+
+def test_assign_csv_folder_or_under_file_is_rejected(run, second_folder, tmp_path):
+    with pytest.raises(ValueError, match="is a folder. Give a file name, for example"):
+        assign(run, second_folder, tmp_path, "cpu", 0)
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=f"is inside {blocker}, which is a file"):
+        assign(run, second_folder, blocker / "labels.csv", "cpu", 0)
+
+
 def test_append_twice_adds_nothing(run, second_folder):
     append_to_run(run, second_folder, device_name="cpu", workers=0)
     labels_before = RunFiles(run).labels.read_bytes()
