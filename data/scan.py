@@ -14,11 +14,17 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif"}
 )
 
+# Files that every run folder holds (core.run_files names them). A sub-folder
+# holding both is a run, whose thumbnails must not be taken for images, so
+# that --out may lie inside the image folder.
+RUN_FOLDER_MARKERS: frozenset[str] = frozenset({"config.json", "run.log"})
+
 
 def scan_folder(root: Path) -> list[str]:
     """Find every image file under ``root``, following symlinked folders.
 
-    Hidden files and folders (names starting with ".") and files whose suffix is not in
+    Hidden files and folders (names starting with "."), run folders of this tool
+    (sub-folders holding every name in ``RUN_FOLDER_MARKERS``) and files whose suffix is not in
     ``IMAGE_EXTENSIONS`` (compared case-insensitively) are ignored. Broken symlinks with
     an image suffix are listed, so that decoding reports them as skipped. Each real
     folder is listed once. Folders reached through their own path
@@ -123,6 +129,9 @@ def _walk_folders(root: Path) -> Iterator[tuple[str, str, list[os.DirEntry[str]]
         visited.add(real_folder)
 
         entries = _list_visible(folder)
+        if rel_folder and RUN_FOLDER_MARKERS <= {entry.name for entry in entries}:
+            logger.info("Skipping %s: it is a run folder of this tool, not images", printable_path(folder))
+            continue
         yield folder, rel_folder, entries
 
         # Queue subfolders, resolving a path only where a symlink makes it differ

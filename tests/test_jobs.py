@@ -104,6 +104,17 @@ def test_one_usable_image_is_reported_in_the_singular(tmp_path, capsys):
     assert "found 1 usable image in" in capsys.readouterr().err
 
 
+def test_run_inside_image_folder_is_not_scanned(demo_folder):
+    run = demo_folder / "runs" / "first"
+    assert main(["label", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+    thumbnail = RunFiles(run).thumbnails_dir / "ab" / "thumb.jpg"
+    thumbnail.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(thumbnail)
+
+    assert main(["assign", str(run), "--workers", "0"]) == 0
+    assert len(read_labels_csv(RunFiles(run).labels).paths) == 40
+
+
 def test_batch_larger_than_folder_is_rejected(demo_folder, tmp_path, capsys):
     code = main(["train", str(demo_folder), "--out", str(tmp_path / "run"), "--batch-size", "64", "--workers", "0"])
     assert code == 2

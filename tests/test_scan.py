@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from core.run_files import RunFiles
 from data.scan import (
     IMAGE_EXTENSIONS,
+    RUN_FOLDER_MARKERS,
     contains_image_files,
     ground_truth_label,
     printable_path,
@@ -50,6 +52,19 @@ def test_scan_ignores_hidden_and_non_images(tmp_path: Path) -> None:
     found = scan_folder(tmp_path)
 
     assert found == ["a/photo.gif", "keep.png"]
+
+
+def test_scan_skips_run_folders_inside_root(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.jpg", "run/config.json", "run/run.log", "run/thumbnails/ab/cd.jpg",
+           "logs/run.log", "logs/b.jpg")
+
+    assert scan_folder(tmp_path) == ["a.jpg", "logs/b.jpg"]
+    assert scan_folder(tmp_path / "run") == ["thumbnails/ab/cd.jpg"]
+
+
+def test_run_folder_markers_are_run_file_names() -> None:
+    files = RunFiles(Path("run"))
+    assert RUN_FOLDER_MARKERS == {files.config.name, files.log.name}
 
 
 def test_scan_skips_folder_named_like_image(tmp_path: Path) -> None:
