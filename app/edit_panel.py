@@ -26,7 +26,9 @@ def save_edit(run_dir: Path, edited: EditedLabels, edit: Edit) -> bool:
 
 
 def rename_form(run_dir: Path, edited: EditedLabels, head: str) -> None:
-    with st.form(f"rename_{head}"):
+    # Enter in the name field submits the form, so the field is cleared
+    # before a click on Rename could submit the same name again.
+    with st.form(f"rename_{head}", clear_on_submit=True):
         class_index = choose_class(edited, head, key=f"rename_class_{head}")
         name = st.text_input("New name", max_chars=80, key=f"rename_name_{head}")
         if st.form_submit_button("Rename") and save_edit(run_dir, edited, Edit.rename(head, class_index, name)):
@@ -88,6 +90,6 @@ def export_button(run_dir: Path, edited: EditedLabels, head: str) -> None:
         "and a class_name column."
     )
     st.download_button(
-        "Download labels.csv", data=resources.export_csv(run_dir, head), file_name=f"labels_{head}.csv",
+        f"Download labels_{head}.csv", data=resources.export_csv(run_dir, head), file_name=f"labels_{head}.csv",
         mime="text/csv", key=f"export_{head}", type="primary", icon=":material/download:",
     )

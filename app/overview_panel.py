@@ -14,7 +14,7 @@ import streamlit as st
 from app.charts import class_size_figure
 from app.state import file_stamp, load_config, load_run_edits
 from app.widgets import escape
-from core.edits import Edit, EditedLabels, add_edit, decided_suggestions
+from core.edits import Edit, EditedLabels, add_edit, decided_suggestions, default_class_name
 from core.run_files import RunFiles
 
 logger = logging.getLogger(__name__)
@@ -140,8 +140,7 @@ def _show_suggestions(run_dir: Path, edited: EditedLabels, suggestions: Any) -> 
     st.markdown(f"**Merge suggestions** ({len(open_items)} open, {len(merges) - len(open_items)} decided)")
     for number, item in enumerate(open_items):
         head, source, into = item["head"], item["class"], item["into"]
-        text = (f"{head}: merge {edited.class_name(head, source)} (class {source}) into "
-                f"{edited.class_name(head, into)} (class {into})")
+        text = f"{head}: merge {_named_class(edited, head, source)} into {_named_class(edited, head, into)}"
         if isinstance(item.get("similarity"), (int, float)):
             text += f", similarity {item['similarity']:.2f}"
         if isinstance(item.get("reason"), str):
@@ -152,6 +151,12 @@ def _show_suggestions(run_dir: Path, edited: EditedLabels, suggestions: Any) -> 
             _save(run_dir, edited, Edit.merge(head, source, into, suggested=True))
         if reject.button("Reject", key=f"reject_{number}_{head}_{source}_{into}"):
             _save(run_dir, edited, Edit.reject_merge(head, source, into))
+
+
+def _named_class(edited: EditedLabels, head: str, class_index: int) -> str:
+    """Return ``class 3``, or ``cats (class 3)`` once the user has named it."""
+    name = edited.class_name(head, class_index)
+    return name if name == default_class_name(class_index) else f"{name} (class {class_index})"
 
 
 def _is_merge(item: dict[str, Any]) -> bool:

@@ -54,7 +54,7 @@ def run_page(main: Callable[[], None]) -> None:
     except Exception as error:  # noqa: BLE001 - the page must show a message, never a traceback
         logger.exception("The page failed")
         st.error(
-            f"This page hit an unexpected error: {type(error).__name__}: {error}. "
+            f"This page hit an unexpected error: {type(error).__name__}: {str(error).rstrip('.')}. "
             "The details are in the log of the terminal that runs the app."
         )
 

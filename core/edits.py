@@ -299,6 +299,8 @@ def _check_name(edited: EditedLabels, edit: Edit) -> None:
         raise ValueError(f"the class name is {len(name)} characters long; use at most {MAX_NAME_LENGTH}")
     if any(unicodedata.category(character).startswith("C") for character in name):
         raise ValueError(f"the class name {name!r} contains a control character; use printable text")
+    if edited.class_name(edit.head, edit.class_index) == name:
+        raise ValueError(f"class {edit.class_index} of head {edit.head} is already named {name!r}; nothing to change")
     for index, other in enumerate(edited.class_names(edit.head)):
         if index != edit.class_index and other.casefold() == name.casefold():
             raise ValueError(

@@ -250,6 +250,8 @@ def test_overview_diagnostics_accept_and_reject(run_copy):
     assert head_table["num_nonempty_classes"].tolist() == [1, 2]
     assert "class_sizes" not in head_table.columns
     assert len([item for item in app.button if item.label == "Accept"]) == 2
+    texts = [item.value.replace("\\", "") for item in app.markdown]
+    assert f"k8: merge class {source} into class {others[0]}, similarity 0.81. close centroids" in texts
 
     button(app, "Accept").click().run()
     assert_clean(app)
@@ -410,6 +412,10 @@ def test_rename_shows_in_export_and_undo_restores(run_copy, csv_downloads):
 
     assert_clean(app)
     assert "planes" in app.dataframe[0].value["name"].tolist()
+    # The form clears the name on submit, so a second click on Rename adds no second edit.
+    button(app, "Rename").click().run()
+    assert len(load_edits(RunFiles(run_copy).edits)) == 1
+    assert "the new class name is empty" in app.error[0].value
     after = csv_rows(csv_downloads[-1])
     assert {row["class_name"] for row in after if row["class"] == str(renamed)} == {"planes"}
     assert "planes" not in {row["class_name"] for row in after if row["class"] != str(renamed)}

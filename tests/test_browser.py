@@ -118,7 +118,7 @@ def test_open_class_neighbours_and_download(served_run, tmp_path):
             page.goto(f"{url}/Edit_and_export?run={run_query}")
             page.get_by_role("heading", name="Export", exact=True).wait_for()
             with page.expect_download() as download_info:
-                page.get_by_role("button", name="Download labels.csv").click()
+                page.get_by_role("button", name="Download labels_k4.csv").click()
             saved = tmp_path / download_info.value.suggested_filename
             download_info.value.save_as(saved)
         finally:

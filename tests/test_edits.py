@@ -120,6 +120,15 @@ def test_rename_to_own_name_allowed(table):
     check_new_edit(edited, Edit.rename("k3", 0, "Cats"))
 
 
+def test_rename_to_same_name_rejected(table):
+    edited = apply_edits(table, [Edit.rename("k3", 0, "cats")])
+
+    with pytest.raises(ValueError, match="class 0 of head k3 is already named 'cats'; nothing to change"):
+        check_new_edit(edited, Edit.rename("k3", 0, "cats"))
+    with pytest.raises(ValueError, match="already named 'class 1'"):
+        check_new_edit(edited, Edit.rename("k3", 1, "class 1"))
+
+
 def test_add_edit_and_undo_round_trip(tmp_path, table):
     path = tmp_path / "edits.json"
 
