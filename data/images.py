@@ -37,6 +37,12 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 _WHITE = (255, 255, 255)
 
+# Images with more pixels are skipped: a decompression bomb protection, as in
+# Pillow, whose own default (about 89 million pixels) would skip the photos of
+# 100-megapixel cameras. The variable changes it; 0 turns the check off.
+MAX_PIXELS_VARIABLE = "LABELER_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 250_000_000
+
 
 class ImageLoadError(Exception):
     """Error for an image file that cannot be read or decoded. Its message is the reason, for the user."""
@@ -53,6 +59,28 @@ def _register_heif_opener() -> bool:
 
 
 HEIF_AVAILABLE: bool = _register_heif_opener()
+
+
+def max_pixels_from_environment() -> int | None:
+    """Return the pixel limit set by ``$LABELER_MAX_IMAGE_PIXELS``, ``DEFAULT_MAX_PIXELS``
+    when it is unset or invalid (with a warning), or None for no limit."""
+    text = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        logger.warning("Ignoring %s=%r: expected a whole number of pixels (0 for no limit); using %d",
+                       MAX_PIXELS_VARIABLE, text, DEFAULT_MAX_PIXELS)
+        return DEFAULT_MAX_PIXELS
+    return value or None
+
+
+# Pillow reads its limit from this global. Decoding processes import this module,
+# so they apply the same limit, also where they are spawned instead of forked.
+Image.MAX_IMAGE_PIXELS = max_pixels_from_environment()
 
 
 def load_rgb(path: Path, min_side: int = 0) -> Image.Image:
@@ -180,7 +208,7 @@ def _describe_unidentified(path: Path) -> str:
 
 def _describe_bomb(exc: Warning | Exception) -> str:
     limit = Image.MAX_IMAGE_PIXELS or 0
-    advice = "Resize it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+    advice = f"Resize it, or if you trust the file, set {MAX_PIXELS_VARIABLE} to a larger number and run again."
 
     # Pillow's message is "Image size (N pixels) exceeds limit of ..."
     match = re.search(r"\((\d+) pixels\)", str(exc))

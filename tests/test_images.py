@@ -1,4 +1,8 @@
 import os
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -391,6 +395,61 @@ def test_load_rgb_decompression_bomb_error(tmp_path: Path, monkeypatch: pytest.M
         ImageLoadError, match=r"image has 2,000 pixels, above the limit of 50 \(decompression"
     ):
         load_rgb(tmp_path / "huge.png")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """Write the header of an 8-bit RGB PNG of the given size, with almost no pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"")) + _png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+def test_100_megapixel_photo_is_within_default_limit(tmp_path: Path) -> None:
+    _png_header(tmp_path / "camera.png", 12000, 9000)
+    _png_header(tmp_path / "bomb.png", 20000, 20000)
+
+    assert Image.MAX_IMAGE_PIXELS == images.DEFAULT_MAX_PIXELS
+    assert read_image_size(tmp_path / "camera.png") == (12000, 9000)
+    assert read_image_size(tmp_path / "bomb.png") is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("", images.DEFAULT_MAX_PIXELS), ("0", None), ("300_000_000", 300_000_000), (" 1000 ", 1000)],
+)
+def test_max_pixels_from_environment(monkeypatch: pytest.MonkeyPatch, text: str, expected: int | None) -> None:
+    monkeypatch.setenv(images.MAX_PIXELS_VARIABLE, text)
+    assert images.max_pixels_from_environment() == expected
+
+
+@pytest.mark.parametrize("text", ["many", "-5", "1e9"])
+def test_invalid_max_pixels_falls_back_with_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    monkeypatch.setenv(images.MAX_PIXELS_VARIABLE, text)
+
+    assert images.max_pixels_from_environment() == images.DEFAULT_MAX_PIXELS
+    assert f"Ignoring LABELER_MAX_IMAGE_PIXELS={text!r}" in caplog.text
+
+
+def test_max_pixels_variable_applies_on_import(tmp_path: Path) -> None:
+    Image.new("RGB", (10, 6)).save(tmp_path / "small.png")
+    code = (
+        "import sys; from pathlib import Path; from data.images import ImageLoadError, load_rgb\n"
+        "try:\n    load_rgb(Path(sys.argv[1]))\nexcept ImageLoadError as error:\n    print(error)"
+    )
+    environment = {**os.environ, images.MAX_PIXELS_VARIABLE: "50"}
+    repo = Path(images.__file__).resolve().parents[1]
+
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "small.png")], cwd=repo,
+                            env=environment, capture_output=True, text=True, check=True)
+
+    assert "image has 60 pixels, above the limit of 50" in result.stdout
+    assert "set LABELER_MAX_IMAGE_PIXELS to a larger number" in result.stdout
 
 
 def test_bomb_message_without_pixel_count(monkeypatch: pytest.MonkeyPatch) -> None:
