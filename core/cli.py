@@ -116,8 +116,11 @@ def _add_timeout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Without abbreviations, a mistyped option such as --epoch stops with an error
+    # instead of being taken for --epochs.
     parser = argparse.ArgumentParser(
         prog="python -m core",
+        allow_abbrev=False,
         description="Label an image folder without labels by training a Self-Classifier network.",
         epilog="label, train and assign also run on several processes or machines under torchrun, "
                "for example: torchrun --nproc_per_node=8 -m core train FOLDER --out RUN",
@@ -125,12 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    label = commands.add_parser("label", help="train on a folder, then assign its images and write labels.csv")
+    label = commands.add_parser(
+        "label", allow_abbrev=False, help="train on a folder, then assign its images and write labels.csv"
+    )
     _add_training_options(label, "folder of images to label (sub-folders are searched too)")
-    train = commands.add_parser("train", help="train only; resumes if the run directory has a checkpoint")
+    train = commands.add_parser(
+        "train", allow_abbrev=False, help="train only; resumes if the run directory has a checkpoint"
+    )
     _add_training_options(train, "folder of images to train on (sub-folders are searched too)")
 
-    assign = commands.add_parser("assign", help="label a folder with a trained run")
+    assign = commands.add_parser("assign", allow_abbrev=False, help="label a folder with a trained run")
     assign.add_argument("run", type=Path, help="run directory of a trained run")
     assign.add_argument("folder", type=Path, nargs="?", help="folder to label (default: the run's own folder)")
     assign.add_argument("--csv", type=Path, help="where to write the labels (default: RUN/labels.csv, for the run's "
@@ -146,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timeout_option(assign)
 
     evaluate = commands.add_parser(
-        "evaluate", help="score labels.csv against parent-folder names (when they are the true classes)"
+        "evaluate", allow_abbrev=False,
+        help="score labels.csv against parent-folder names (when they are the true classes)",
     )
     evaluate.add_argument("run", type=Path, help="run directory holding labels.csv")
     return parser
@@ -208,11 +216,26 @@ def _run_training(args: argparse.Namespace) -> None:
         _log_process_group()
         if args.command == "label":
             jobs.label(config, args.out)
-            logger.info("Browse the classes with: streamlit run app/Home.py. When the folder names are the "
-                        "true classes, score them with: python -m core evaluate %s", args.out)
+            logger.info("Browse the classes with: %s run app/Home.py. When the folder names are the "
+                        "true classes, score them with: %s -m core evaluate %s",
+                        _program_command("streamlit"), _program_command("python"), args.out)
         else:
             jobs.train(config, args.out)
-            logger.info("To write labels.csv with this network, run: python -m core assign %s", args.out)
+            logger.info("To write labels.csv with this network, run: %s -m core assign %s",
+                        _program_command("python"), args.out)
+
+
+def _program_command(name: str) -> str:
+    """Return how to start ``name`` (python or streamlit) from this Python's environment, such as
+    ``.venv/bin/streamlit``, relative to the current folder where it lies inside it."""
+    executable = Path(sys.executable)
+    program = executable if name == "python" else executable.with_name(name)
+    if not program.exists():
+        return name
+    try:
+        return str(program.relative_to(Path.cwd()))
+    except ValueError:
+        return str(program)
 
 
 @contextmanager

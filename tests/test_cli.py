@@ -2,10 +2,12 @@ import dataclasses
 import fcntl
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
-from core.cli import FIELDS_WITHOUT_OPTION, build_parser, main, option_of_field
+from core.cli import FIELDS_WITHOUT_OPTION, _program_command, build_parser, main, option_of_field
 from core.config import TrainConfig
 from core.run_lock import RunBusyError, run_lock
 
@@ -88,3 +90,29 @@ def test_every_setting_has_its_option(capsys):
 def test_invalid_setting_names_its_option(demo_folder, tmp_path, capsys):
     assert main(["label", str(demo_folder), "--out", str(tmp_path / "run"), "--nn-queue", "-3"]) == 2
     assert "invalid --nn-queue: queue size must be >= 0, got -3" in capsys.readouterr().err
+
+
+def test_next_step_commands_use_this_environment(tmp_path, monkeypatch):
+    python = tmp_path / "env" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.chdir(tmp_path)
+
+    assert _program_command("python") == str(Path("env/bin/python"))
+    assert _program_command("streamlit") == "streamlit"
+
+    (python.parent / "streamlit").touch()
+    assert _program_command("streamlit") == str(Path("env/bin/streamlit"))
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert _program_command("python") == str(python)
+
+
+def test_abbreviated_option_is_rejected(capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["label", "images", "--out", "run", "--epoch", "3"])
+
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --epoch 3" in capsys.readouterr().err
