@@ -3,7 +3,7 @@
 torchvision's transforms draw one set of random parameters per call, so a
 batch would share one crop and one colour change. Here every sample of every
 view draws its own parameters, and each operation runs once per batch:
-random resized crops through ``torchvision.ops.roi_align``, then flips,
+random resized crops through one ``grid_sample`` call, then flips,
 colour jitter, grayscale, Gaussian blur and solarisation as per-sample blends.
 The probabilities follow DINO's recipe: the first global view is always
 blurred, the second rarely blurred and sometimes solarised, local views
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -166,10 +165,40 @@ def random_resized_crop(
     box_height = torch.sqrt(area / ratio).clamp(max=height)
     x0 = torch.rand(batch, generator=generator) * (width - box_width)
     y0 = torch.rand(batch, generator=generator) * (height - box_height)
+    boxes = torch.stack([x0, y0, x0 + box_width, y0 + box_height], dim=1)
+    return crop_and_resize(images, boxes.to(images.device), size)
 
-    index = torch.arange(batch, dtype=images.dtype)
-    boxes = torch.stack([index, x0, y0, x0 + box_width, y0 + box_height], dim=1).to(images.device)
-    return roi_align(images, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Resample box ``boxes[i]`` of image ``i`` to (size, size) pixels, bilinearly.
+
+    This computes what ``torchvision.ops.roi_align(..., aligned=True)`` does with
+    ``sampling_ratio=1`` while no box is larger than ``size`` (crops that only
+    enlarge), and with ``sampling_ratio=2``, which averages 2x2 samples per
+    output pixel against aliasing, otherwise. For 256 crops of 32 pixels on 2 CPU
+    threads, ``grid_sample`` took 1.1 ms where ``roi_align`` took 13 ms.
+
+    Args:
+        images: (batch, C, H, W) floats.
+        boxes: (batch, 4) ``x0, y0, x1, y1`` in pixels, where pixel ``j`` spans [j, j + 1).
+
+    Returns:
+        (batch, C, size, size) crops.
+    """
+    batch, channels, height, width = images.shape
+    x0, y0, x1, y1 = boxes.unbind(dim=1)
+    shrinks = bool(((x1 - x0) > size).any() or ((y1 - y0) > size).any())
+    samples = 2 if shrinks else 1
+    # affine_grid maps output pixel centres in [-1, 1] to input coordinates in
+    # [-1, 1], where -1 and 1 are the outer edges of the image.
+    theta = torch.zeros(batch, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = (x1 - x0) / width
+    theta[:, 0, 2] = (x0 + x1) / width - 1
+    theta[:, 1, 1] = (y1 - y0) / height
+    theta[:, 1, 2] = (y0 + y1) / height - 1
+    grid = F.affine_grid(theta, [batch, channels, size * samples, size * samples], align_corners=False)
+    crops = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.avg_pool2d(crops, samples) if samples > 1 else crops
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

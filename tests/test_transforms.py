@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torchvision.ops import roi_align
 
 from data.transforms import (
     IMAGENET_MEAN,
@@ -7,6 +8,7 @@ from data.transforms import (
     AugmentConfig,
     MultiCropAugment,
     color_jitter,
+    crop_and_resize,
     multicrop_config,
     normalize,
     random_blur,
@@ -138,3 +140,23 @@ def test_color_strength_zero_keeps_every_colour():
 def test_augment_config_rejects_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):
         AugmentConfig(**{"global_size": 32, **changes})
+
+
+@pytest.mark.parametrize("size, sampling_ratio", [(24, 1), (8, 2)], ids=["enlarging", "shrinking"])
+def test_crop_and_resize_matches_roi_align(size, sampling_ratio):
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 3, 20, 28, generator=generator)
+    corners = torch.rand(6, 2, generator=generator) * torch.tensor([12.0, 8.0])
+    sides = 4 + torch.rand(6, 2, generator=generator) * torch.tensor([14.0, 10.0])
+    boxes = torch.cat([corners, corners + sides], dim=1)
+    if sampling_ratio == 2:
+        assert ((boxes[:, 2:] - boxes[:, :2]) > size).any()
+    else:
+        assert ((boxes[:, 2:] - boxes[:, :2]) <= size).all()
+
+    crops = crop_and_resize(images, boxes, size)
+
+    indexed = torch.cat([torch.arange(6, dtype=boxes.dtype)[:, None], boxes], dim=1)
+    expected = roi_align(images, indexed, output_size=size, spatial_scale=1.0,
+                         sampling_ratio=sampling_ratio, aligned=True)
+    torch.testing.assert_close(crops, expected, atol=1e-5, rtol=1e-5)
