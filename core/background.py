@@ -112,13 +112,18 @@ def start_training(run_dir: Path, command: list[str]) -> TrainingStatus:
 def resume_command(run_dir: Path) -> list[str]:
     """Return the command that continues the run: the last one started, else one built from config.json.
 
+    The stored command's ``--out`` becomes ``run_dir``, so a run folder that was
+    moved or renamed resumes where it is now.
+
     Raises:
         ValueError: if the run has neither a stored command nor config.json.
     """
     files = RunFiles(Path(run_dir))
     stored = _read_pid_file(files.train_pid).get("command")
-    if isinstance(stored, list) and stored and all(isinstance(part, str) for part in stored):
-        return [sys.executable, *stored[1:]]
+    if isinstance(stored, list) and "--out" in stored[:-1] and all(isinstance(part, str) for part in stored):
+        command = [sys.executable, *stored[1:]]
+        command[command.index("--out") + 1] = str(Path(run_dir).resolve())
+        return command
     if not files.config.exists():
         raise ValueError(f"{run_dir} has no config.json and no stored command, so there is nothing to resume")
     config = TrainConfig.load(files.config)

@@ -15,7 +15,13 @@ import pytest
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from core.background import progress_fraction, stop_training, training_command, training_status
+from core.background import (
+    progress_fraction,
+    resume_command,
+    stop_training,
+    training_command,
+    training_status,
+)
 from core.cli import build_parser, config_overrides
 from core.config import TrainConfig
 from core.edits import Edit, load_edits, save_edits
@@ -558,6 +564,20 @@ def test_training_command_round_trips_through_the_cli(tmp_path):
     assert arguments.out == (tmp_path / "run").resolve()
     expected = {name: value for name, value in settings.items() if value is not None}
     assert config_overrides(arguments) == expected
+
+
+def test_resume_command_follows_a_moved_run(tmp_path):
+    old_run, new_run = tmp_path / "runs" / "first", tmp_path / "runs" / "renamed"
+    command = training_command(tmp_path, old_run, {"epochs": 7})
+    new_run.mkdir(parents=True)
+    RunFiles(new_run).train_pid.write_text(json.dumps({"pid": 1, "command": command}), encoding="utf-8")
+
+    resumed = resume_command(new_run)
+
+    arguments = build_parser().parse_args(resumed[3:])
+    assert arguments.out == new_run.resolve()
+    assert arguments.epochs == 7
+    assert resumed[0] == sys.executable
 
 
 def test_training_command_rejects_invalid_settings(tmp_path):
