@@ -23,7 +23,7 @@ from core.run_files import RunFiles
 from core.setup import resolve_batch_size, resolve_config, resolve_device, write_skipped
 from core.train import Trainer, TrainingState, build_initial_model
 from data.cache import ImageCache, build_cache
-from data.scan import no_images_message, scan_folder
+from data.scan import is_run_folder, no_images_message, scan_folder
 
 logger = logging.getLogger(__name__)
 
@@ -218,20 +218,28 @@ def assign(
 
 
 def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles) -> None:
-    """Raise ValueError, before any image is decoded, when ``--csv`` cannot be written or
-    one of ``outputs`` would replace a file of the run."""
+    """Raise ValueError, before any image is decoded, when ``--csv`` cannot be written or one of
+    ``outputs`` (the CSV and the files beside it) would replace a file of this run or of a run
+    folder that contains the CSV."""
     if csv_path.is_dir():
         raise ValueError(f"--csv {csv_path} is a folder. Give a file name, for example {csv_path / 'labels.csv'}.")
     blocking = next((parent for parent in csv_path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"--csv {csv_path} is inside {blocking}, which is a file. Give a path in a folder.")
-    owned = files.owned_paths()
-    clash = next((path for path in outputs if path.resolve() in owned), None)
-    if clash is not None:
-        raise ValueError(
-            f"--csv {csv_path} would overwrite {clash}, a file of the run {files.root}. "
-            "Choose another name or folder for the CSV."
-        )
+    folder = next((path for path in outputs if path.is_dir()), None)
+    if folder is not None:
+        raise ValueError(f"--csv {csv_path} would write {folder}, which is a folder. Choose another name for the CSV.")
+
+    runs = [files, *(RunFiles(parent) for parent in csv_path.resolve().parents if is_run_folder(parent))]
+    for run in runs:
+        owned = run.owned_paths()
+        for path in outputs:
+            resolved = path.resolve()
+            if resolved in owned or not owned.isdisjoint(resolved.parents):
+                raise ValueError(
+                    f"--csv {csv_path} would write {path}, which belongs to the run {run.root}. "
+                    "Choose another name or folder for the CSV."
+                )
 
 
 def _warn_dropped_appended_rows(run_dir: Path) -> None:

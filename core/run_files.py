@@ -41,6 +41,11 @@ class RunFiles:
         return self.root / "run.log"
 
     @property
+    def lock(self) -> Path:
+        """Held by the command that writes the run (core.run_lock)."""
+        return self.root / ".lock"
+
+    @property
     def evaluation(self) -> Path:
         return self.root / "evaluation.json"
 

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.run_files import RunFiles
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
-
-LOCK_FILE = ".lock"
 
 
 class RunBusyError(ValueError):
@@ -33,7 +33,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         # NOTE: without fcntl (Windows) runs are not locked, so two commands on one run can collide.
         yield
         return
-    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    with open(RunFiles(run_dir).lock, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -128,18 +128,38 @@ def test_assign_other_csv_keeps_run_files(run, second_folder, tmp_path, caplog):
     assert f"assign {run} FOLDER --append for each of: {second_folder.resolve()}" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["embeddings.npy", "skipped.csv", "config.json", "edits.json"])
+@pytest.mark.parametrize("name", ["embeddings.npy", "skipped.csv", "config.json", "edits.json", ".lock",
+                                  "cache/images_32.npy"])
 def test_assign_csv_never_replaces_run_files(run, second_folder, name):
     files = RunFiles(run)
     target = run / name
     before = {path: path.read_bytes() for path in run.iterdir() if path.is_file()}
 
-    with pytest.raises(ValueError, match=f"would overwrite {target}, a file of the run"):
+    with pytest.raises(ValueError, match=f"would write {target}, which belongs to the run {run}"):
         assign(run, second_folder, target, "cpu", 0)
 
     assert {path: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
     assert not (run / f"{target.stem}.embeddings.npy").exists()
     assert files.labels.exists()
+
+
+def test_assign_csv_never_replaces_another_runs_files(run, second_folder, tmp_path):
+    other = shutil.copytree(run, tmp_path / "other_run")
+    before = RunFiles(other).labels.read_bytes()
+
+    with pytest.raises(ValueError, match=f"which belongs to the run {other}"):
+        assign(run, second_folder, other / "labels.csv", "cpu", 0)
+
+    assert RunFiles(other).labels.read_bytes() == before
+
+
+def test_assign_csv_rejects_folder_in_place_of_its_embeddings(run, second_folder, tmp_path):
+    (tmp_path / "photos.embeddings.npy").mkdir()
+
+    with pytest.raises(ValueError, match="photos.embeddings.npy, which is a folder"):
+        assign(run, second_folder, tmp_path / "photos.csv", "cpu", 0)
+
+    assert not (tmp_path / "photos.embeddings.partial.npy").exists()
 
 
 def test_assign_csv_new_name_in_run_folder(run, second_folder):
