@@ -108,6 +108,8 @@ def append_to_run(
         logger.info("%d of %d images in %s are already in the run", len(duplicates), len(candidates), folder)
     if not new_paths:
         logger.info("Nothing to add: every image in %s is already in the run", folder)
+        # An earlier append stopped between its rows and this record would otherwise never list the folder.
+        _record_folder(files, Path(folder), image_root)
         return AppendResult([], duplicates, [], len(table.paths))
 
     scratch = files.root / f".append.{secrets.token_hex(4)}.embeddings.npy"
@@ -123,8 +125,9 @@ def append_to_run(
         added = [stored_of[path] for path in result.paths]
         skipped = [SkippedFile(stored_of[item.path], item.reason) for item in result.skipped]
         if added:
+            # Recorded first, so that an interruption between the two cannot leave rows whose folder is unlisted.
+            _record_folder(files, Path(folder), image_root)
             _write_rows(files, table, added, result)
-            record_appended_folder(files, Path(folder))
     finally:
         scratch.unlink(missing_ok=True)
 
@@ -162,6 +165,12 @@ def select_new_images(
         new_paths.append(path)
         stored.append(label_path)
     return new_paths, stored, duplicates
+
+
+def _record_folder(files: RunFiles, folder: Path, image_root: Path) -> None:
+    """List ``folder`` in appended_folders.json unless it lies inside the image folder, which the run covers."""
+    if labels_path(folder, image_root).split("/")[0] == "..":
+        record_appended_folder(files, folder)
 
 
 def labels_path(image: Path, image_root: Path) -> str:

@@ -214,6 +214,28 @@ def test_append_own_folder_adds_only_new_files(run):
     assert result.added == ["ship/0000.jpg", "ship/0001.jpg"]
     assert len(result.duplicates) == 16
     assert read_labels_csv(RunFiles(run).labels).paths[-2:] == result.added
+    assert read_appended_folders(run) == []
+
+
+def test_append_records_folder_before_rows(run, second_folder, monkeypatch):
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("core.append._write_rows", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        append_to_run(run, second_folder, device_name="cpu", workers=0)
+
+    assert read_appended_folders(run) == [second_folder.resolve()]
+
+
+def test_append_with_nothing_new_repairs_folder_record(run, second_folder):
+    append_to_run(run, second_folder, device_name="cpu", workers=0)
+    RunFiles(run).appended_folders.unlink()
+
+    result = append_to_run(run, second_folder, device_name="cpu", workers=0)
+
+    assert result.added == []
+    assert read_appended_folders(run) == [second_folder.resolve()]
 
 
 def test_append_merges_skipped_files(run, second_folder):
