@@ -468,9 +468,16 @@ def recommend_head(
         compared = f"{after:.2f} for {', '.join(finest)} into {finer}"
     else:
         compared = f"{after:.2f} assumed for {finer}, the largest head, which no larger head checks"
+    if len(checked) == 1:
+        why = (f"it is the only head that uses at least {1 - MAX_UNUSED_SHARE:.0%} of its classes and has a "
+               "larger head to check it")
+    elif stats["refinement_drop"] > 0:
+        why = "nesting drops most after it"
+    else:
+        why = "nesting drops after no head, and rises least after it"
     reason = (
-        f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because nesting drops "
-        f"most after it: {finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}. "
+        f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because {why}: "
+        f"{finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}. "
         + _lambda_meaning(stats["refinement_lambda"], best, finer)
     )
     if stats["refinement_lambda"] < WEAK_NESTING_LAMBDA:

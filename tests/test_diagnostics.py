@@ -292,6 +292,27 @@ def test_recommend_head_names_assumed_lambda_of_largest():
     assert "against 0.80 assumed for k6, the largest head, which no larger head checks" in recommendation.reason
 
 
+def test_recommend_head_says_when_it_is_the_only_checked_head():
+    names = ["k10", "k20", "k40"]
+    usable = {"k10": True, "k20": False, "k40": True}
+    heads = _rule_heads({"k10": 0.44, "k20": 0.59, "k40": None}, usable)
+
+    recommendation = recommend_head(heads, names, [10, 20, 40])
+
+    assert recommendation.head == "k10"
+    assert "because it is the only head that uses at least 90% of its classes" in recommendation.reason
+    assert "drops most" not in recommendation.reason
+
+
+def test_recommend_head_says_when_nesting_only_rises():
+    heads = _rule_heads(dict(zip(NAMES, [0.30, 0.40, 0.60, None], strict=True)))
+
+    recommendation = recommend_head(heads, NAMES, COUNTS)
+
+    assert recommendation.head == "k5"
+    assert "because nesting drops after no head, and rises least after it" in recommendation.reason
+
+
 def test_recommend_head_weak_nesting_warns():
     heads = _rule_heads(dict(zip(NAMES, [0.40, 0.45, 0.20, None], strict=True)))
     recommendation = recommend_head(heads, NAMES, COUNTS)
