@@ -39,6 +39,7 @@ import numpy as np
 from core import distributed
 from core.appended_folders import record_appended_folder
 from core.assign import Assignment, assign_folder, load_trained_model
+from core.commands import core_command
 from core.config import TrainConfig
 from core.embedding_map import place_by_neighbours
 from core.index import embeddings_stamp, read_cache_info, write_cache_info
@@ -200,19 +201,19 @@ def _read_labels(files: RunFiles, config: TrainConfig) -> LabelsTable:
     if not files.labels.is_file() or not files.embeddings.is_file():
         raise ValueError(
             f"{files.root} has no labels.csv or embeddings.npy yet; label the run's own folder first "
-            f"with: python -m core assign {files.root}"
+            f"with: {core_command('assign', files.root)}"
         )
     table = read_labels_csv(files.labels)
     if table.class_counts != list(config.class_counts):
         raise ValueError(
             f"{files.labels} has heads of {table.class_counts} classes but the run's model has "
-            f"{list(config.class_counts)}; write it again with: python -m core assign {files.root}"
+            f"{list(config.class_counts)}; write it again with: {core_command('assign', files.root)}"
         )
     rows = np.load(files.embeddings, mmap_mode="r").shape[0]
     if rows != len(table.paths):
         raise ValueError(
             f"{files.embeddings} has {rows} rows but {files.labels} has {len(table.paths)}; write both again "
-            f"with: python -m core assign {files.root}, then append the other folders again"
+            f"with: {core_command('assign', files.root)}, then append the other folders again"
         )
     return table
 
@@ -253,7 +254,7 @@ def _appended_embeddings(path: Path, new: np.ndarray) -> Path:
         raise ValueError(
             f"{path} contains embeddings of shape (rows, {old.shape[1]}), but the model outputs "
             f"(rows, {new.shape[1]}); "
-            f"write it again with: python -m core assign {path.parent}"
+            f"write it again with: {core_command('assign', path.parent)}"
         )
     temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp.npy")
     target = np.lib.format.open_memmap(

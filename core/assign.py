@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from core import distributed
 from core.checkpoint import load_checkpoint
+from core.commands import core_command
 from core.config import TrainConfig
 from core.precision import inference_autocast
 from core.run_files import RunFiles
@@ -54,7 +55,7 @@ def load_trained_model(run_dir: Path, device: torch.device) -> tuple[SelfClassif
     if not files.config.exists() or not files.checkpoint.exists():
         raise ValueError(
             f"{run_dir} is not a trained run: config.json or checkpoint.pt is missing. "
-            "Train it first with: python -m core train FOLDER --out " + str(run_dir)
+            f"Train it first with: {core_command('train', 'FOLDER', '--out', run_dir)}"
         )
     config = TrainConfig.load(files.config)
     model = build_model(

@@ -11,6 +11,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from core import distributed, jobs
+from core.commands import app_command, core_command
 from core.config import DEVICES, PRECISIONS, ConfigError, TrainConfig
 from core.evaluate import evaluate_run
 from core.logs import setup_logging
@@ -216,26 +217,11 @@ def _run_training(args: argparse.Namespace) -> None:
         _log_process_group()
         if args.command == "label":
             jobs.label(config, args.out)
-            logger.info("Browse the classes with: %s run app/Home.py. When the folder names are the "
-                        "true classes, score them with: %s -m core evaluate %s",
-                        _program_command("streamlit"), _program_command("python"), args.out)
+            logger.info("Browse the classes with: %s. When the folder names are the true classes, "
+                        "score them with: %s", app_command(), core_command("evaluate", args.out))
         else:
             jobs.train(config, args.out)
-            logger.info("To write labels.csv with this network, run: %s -m core assign %s",
-                        _program_command("python"), args.out)
-
-
-def _program_command(name: str) -> str:
-    """Return how to start ``name`` (python or streamlit) from this Python's environment, such as
-    ``.venv/bin/streamlit``, relative to the current folder where it lies inside it."""
-    executable = Path(sys.executable)
-    program = executable if name == "python" else executable.with_name(name)
-    if not program.exists():
-        return name
-    try:
-        return str(program.relative_to(Path.cwd()))
-    except ValueError:
-        return str(program)
+            logger.info("To write labels.csv with this network, run: %s", core_command("assign", args.out))
 
 
 @contextmanager

@@ -7,6 +7,7 @@ raise ``ValueError`` with a message for the user when the input is unusable.
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from core import distributed
 from core.append import AppendResult, append_to_run
 from core.appended_folders import read_appended_folders
 from core.assign import Assignment, assign_cache, assign_folder, load_trained_model
+from core.commands import core_command
 from core.config import AUTOMATIC_VALUES, TrainConfig
 from core.diagnostics import write_diagnostics
 from core.head_only import train_head_only
@@ -246,10 +248,10 @@ def _warn_dropped_appended_rows(run_dir: Path) -> None:
     """Warn that rewriting RUN/labels.csv from the image folder left out the appended folders."""
     folders = read_appended_folders(run_dir)
     if folders:
-        listed = " ".join(str(folder) for folder in folders)
+        listed = " ".join(shlex.quote(str(folder)) for folder in folders)
         logger.warning(
             "labels.csv now lists the run's image folder only. To add the images appended before, "
-            "run python -m core assign %s FOLDER --append for each of: %s", run_dir, listed,
+            "run %s for each of: %s", core_command("assign", run_dir, "FOLDER", "--append"), listed,
         )
 
 

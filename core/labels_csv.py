@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.commands import core_command
 from core.run_files import RunFiles
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -159,7 +160,7 @@ def read_run_labels(files: RunFiles) -> LabelsTable:
         ValueError: if the run has no labels.csv yet; the message gives the command that writes it.
     """
     if not files.labels.is_file():
-        raise ValueError(f"{files.labels} not found: write it first with python -m core assign {files.root}")
+        raise ValueError(f"{files.labels} not found: write it first with {core_command('assign', files.root)}")
     return read_labels_csv(files.labels)
 
 

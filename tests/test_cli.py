@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import FIELDS_WITHOUT_OPTION, _program_command, build_parser, main, option_of_field
+from core.cli import FIELDS_WITHOUT_OPTION, build_parser, main, option_of_field
+from core.commands import APP_PAGE, app_command, core_command, program_command
 from core.config import TrainConfig
 from core.run_lock import RunBusyError, run_lock
 
@@ -99,15 +100,23 @@ def test_next_step_commands_use_this_environment(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(python))
     monkeypatch.chdir(tmp_path)
 
-    assert _program_command("python") == str(Path("env/bin/python"))
-    assert _program_command("streamlit") == "streamlit"
+    assert program_command("python") == str(Path("env/bin/python"))
+    assert program_command("streamlit") == "streamlit"
+    expected = f"{Path('env/bin/python')} -m core evaluate 'runs/my run, 2'"
+    assert core_command("evaluate", Path("runs/my run, 2")) == expected
 
     (python.parent / "streamlit").touch()
-    assert _program_command("streamlit") == str(Path("env/bin/streamlit"))
+    assert program_command("streamlit") == str(Path("env/bin/streamlit"))
+    assert app_command() == f"{Path('env/bin/streamlit')} run {APP_PAGE}"
 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert _program_command("python") == str(python)
+    assert program_command("python") == str(python)
+
+
+def test_app_command_is_relative_inside_the_project(monkeypatch):
+    monkeypatch.chdir(APP_PAGE.parents[1])
+    assert app_command().endswith(f" run {Path('app/Home.py')}")
 
 
 def test_abbreviated_option_is_rejected(capsys):

@@ -519,7 +519,7 @@ def test_write_diagnostics_without_embeddings(tmp_path):
 
 
 def test_write_diagnostics_rejects_missing_labels(tmp_path):
-    with pytest.raises(ValueError, match="labels.csv not found: write it first with python -m core assign"):
+    with pytest.raises(ValueError, match="labels.csv not found: write it first with .* -m core assign"):
         write_diagnostics(tmp_path)
 
 

@@ -160,7 +160,7 @@ def test_evaluate_run_rejects_single_folder(tmp_path):
 
 
 def test_evaluate_run_without_labels(tmp_path):
-    with pytest.raises(ValueError, match="labels.csv not found: write it first with python -m core assign"):
+    with pytest.raises(ValueError, match="labels.csv not found: write it first with .* -m core assign"):
         evaluate_run(tmp_path)
 
 
