@@ -26,9 +26,9 @@ def save_edit(run_dir: Path, edited: EditedLabels, edit: Edit) -> bool:
 
 
 def rename_form(run_dir: Path, edited: EditedLabels, head: str) -> None:
-    # Enter in the name field submits the form, so the field is cleared
-    # before a click on Rename could submit the same name again.
-    with st.form(f"rename_{head}", clear_on_submit=True):
+    # Enter in the name field already submits the form. The name stays, so a
+    # rejected name can be corrected, and a second submit of it is rejected as unchanged.
+    with st.form(f"rename_{head}"):
         class_index = choose_class(edited, head, key=f"rename_class_{head}")
         name = st.text_input("New name", max_chars=80, key=f"rename_name_{head}")
         if st.form_submit_button("Rename") and save_edit(run_dir, edited, Edit.rename(head, class_index, name)):

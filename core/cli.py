@@ -31,6 +31,16 @@ OPTION_OF_FIELD = {field: option for option, field in FIELD_OF_OPTION.items()}
 FIELDS_WITHOUT_OPTION = frozenset({"image_folder", "momentum", "eps", "standard_stem"})
 
 
+# What an interrupted command leaves, by command.
+_INTERRUPTED_ADVICE = {
+    "label": "The last checkpoint is kept; run the same command again to resume.",
+    "train": "The last checkpoint is kept; run the same command again to resume.",
+    "assign": "Files are replaced only once complete, so each is whole, old or new; run the same command "
+              "again to finish. With --append it adds only the images not yet in the run.",
+    "evaluate": "Nothing was written; run the same command again.",
+}
+
+
 def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> None:
     """Add the training settings; every default is TrainConfig's, so unset options stay unset."""
     add = parser.add_argument
@@ -300,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", error)
         return 1
     except KeyboardInterrupt:
-        logger.error("Interrupted. The last checkpoint is kept; run the same command again to resume.")
+        logger.error("Interrupted. %s", _INTERRUPTED_ADVICE[args.command])
         return 130
     except RuntimeError as error:
         if distributed.world_size() == 1:

@@ -79,6 +79,11 @@ def finished_message(state: TrainingState, config: TrainConfig) -> str:
             f"spent. To train longer, run train again with a larger total --time-budget (for example "
             f"--time-budget {2 * config.time_budget:g}), or --time-budget 0 to stop after --epochs only."
         )
+    if state.epoch > config.epochs:
+        return (
+            f"Training already finished at epoch {state.epoch}, more than the {config.epochs} asked for now, "
+            f"so nothing is trained. To train longer, run train again with --epochs above {state.epoch}."
+        )
     return (
         f"Training already finished at epoch {state.epoch} of {config.epochs}. To train longer, run train "
         f"again with a larger --epochs."

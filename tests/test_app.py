@@ -418,10 +418,10 @@ def test_rename_shows_in_export_and_undo_restores(run_copy, csv_downloads):
 
     assert_clean(app)
     assert "planes" in app.dataframe[0].value["name"].tolist()
-    # The form clears the name on submit, so a second click on Rename adds no second edit.
+    # A second click on Rename with the same name adds no second edit.
     button(app, "Rename").click().run()
     assert len(load_edits(RunFiles(run_copy).edits)) == 1
-    assert "the new class name is empty" in app.error[0].value
+    assert "already named 'planes'; nothing to change" in app.error[0].value
     after = csv_rows(csv_downloads[-1])
     assert {row["class_name"] for row in after if row["class"] == str(renamed)} == {"planes"}
     assert "planes" not in {row["class_name"] for row in after if row["class"] != str(renamed)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core import jobs
 from core.cli import FIELDS_WITHOUT_OPTION, build_parser, main, option_of_field
 from core.commands import APP_PAGE, app_command, core_command, program_command
 from core.config import TrainConfig
@@ -125,3 +126,15 @@ def test_abbreviated_option_is_rejected(capsys):
 
     assert stop.value.code == 2
     assert "unrecognized arguments: --epoch 3" in capsys.readouterr().err
+
+
+def test_interrupted_assign_gives_its_own_advice(tmp_path, monkeypatch, capsys):
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "assign", interrupt)
+
+    assert main(["assign", str(tmp_path)]) == 130
+    errors = capsys.readouterr().err
+    assert "Interrupted. Files are replaced only once complete" in errors
+    assert "checkpoint" not in errors

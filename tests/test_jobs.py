@@ -154,6 +154,16 @@ def test_finished_run_says_how_to_train_longer(demo_folder, tmp_path, capsys):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_finished_message_for_fewer_epochs_than_done():
+    config = TrainConfig(image_folder="x", epochs=1)
+    state = TrainingState(epoch=100, finished=True)
+
+    message = finished_message(state, config)
+
+    assert "finished at epoch 100, more than the 1 asked for now" in message
+    assert "--epochs above 100" in message
+
+
 def test_finished_message_for_spent_budget():
     config = TrainConfig(image_folder="x", time_budget=40.0)
     state = TrainingState(epoch=29, elapsed_seconds=40.5, finished=True)
