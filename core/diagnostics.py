@@ -218,9 +218,7 @@ def write_diagnostics(run_dir: Path) -> dict[str, Any]:
     tree = class_tree(table.classes, table.head_names, table.class_counts)
     write_json_atomic(files.diagnostics, diagnostics, allow_nan=False)
     write_json_atomic(files.class_tree, tree, allow_nan=False)
-    logger.info(
-        "Wrote %s and %s. Recommended head: %s.", DIAGNOSTICS_FILE, CLASS_TREE_FILE, diagnostics["recommended_head"]
-    )
+    logger.info("Wrote %s and %s", DIAGNOSTICS_FILE, CLASS_TREE_FILE)
     return diagnostics
 
 

@@ -160,7 +160,12 @@ def write_run_diagnostics(run_dir: Path) -> None:
     except (ValueError, OSError) as error:
         logger.warning("Could not compute the per-head diagnostics of %s: %s", run_dir, error)
         return
-    logger.info("Recommended head: %s (%s)", report["recommended_head"], report["recommendation_reason"])
+    reason = report["recommendation_reason"]
+    if any(reason in warning for warning in report["warnings"]):
+        # The fallback's reason was just logged as a warning.
+        logger.info("Recommended head: %s", report["recommended_head"])
+    else:
+        logger.info("Recommended head: %s (%s)", report["recommended_head"], reason)
 
 
 def assign(

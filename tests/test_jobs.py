@@ -115,6 +115,16 @@ def test_run_inside_image_folder_is_not_scanned(demo_folder):
     assert len(read_labels_csv(RunFiles(run).labels).paths) == 40
 
 
+def test_recommendation_reason_is_logged_once(demo_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["label", str(demo_folder), "--out", str(run), "--epochs", "1", *FAST]) == 0
+
+    log = capsys.readouterr().err
+    reason = json.loads(RunFiles(run).diagnostics.read_text(encoding="utf-8"))["recommendation_reason"]
+    assert log.count(reason) == 1
+    assert log.count("Recommended head:") == 1
+
+
 def test_batch_larger_than_folder_is_rejected(demo_folder, tmp_path, capsys):
     code = main(["train", str(demo_folder), "--out", str(tmp_path / "run"), "--batch-size", "64", "--workers", "0"])
     assert code == 2
