@@ -169,8 +169,9 @@ def select_new_images(
 
 
 def _record_folder(files: RunFiles, folder: Path, image_root: Path) -> None:
-    """List ``folder`` in appended_folders.json unless it lies inside the image folder, which the run covers."""
-    if labels_path(folder, image_root).split("/")[0] == "..":
+    """List ``folder`` in appended_folders.json unless its real path lies inside the image folder's,
+    which the app shows anyway (it compares real paths)."""
+    if not folder.resolve().is_relative_to(image_root.resolve()):
         record_appended_folder(files, folder)
 
 

@@ -197,17 +197,23 @@ def _assign(
 
     model.eval()
     progress = tqdm(total=capacity, desc="assign", unit="img", leave=False, disable=distributed.progress_bar_disabled())
-    with inference_autocast(device), progress as bar:
-        for rows, images in batches:
-            pixels = normalize(images.to(device).permute(0, 3, 1, 2).float().div_(255))
-            embedding = model.embed(pixels.contiguous(memory_format=torch.channels_last))
-            for head, logits in enumerate(model.classify(embedding)):
-                probabilities = torch.softmax(logits.float() / row_tau, dim=1)
-                confidence, chosen = probabilities.max(dim=1)
-                classes[rows, head] = chosen.cpu().numpy()
-                confidences[rows, head] = confidence.cpu().numpy()
-            embeddings[rows] = embedding.float().cpu().numpy()
-            bar.update(len(rows))
+    try:
+        with inference_autocast(device), progress as bar:
+            for rows, images in batches:
+                pixels = normalize(images.to(device).permute(0, 3, 1, 2).float().div_(255))
+                embedding = model.embed(pixels.contiguous(memory_format=torch.channels_last))
+                for head, logits in enumerate(model.classify(embedding)):
+                    probabilities = torch.softmax(logits.float() / row_tau, dim=1)
+                    confidence, chosen = probabilities.max(dim=1)
+                    classes[rows, head] = chosen.cpu().numpy()
+                    confidences[rows, head] = confidence.cpu().numpy()
+                embeddings[rows] = embedding.float().cpu().numpy()
+                bar.update(len(rows))
+    except BaseException:
+        # Interrupted or failed: leave no half-written file beside the outputs.
+        del embeddings
+        partial.unlink(missing_ok=True)
+        raise
 
     count = len(paths)
     embeddings.flush()

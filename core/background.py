@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def start_training(run_dir: Path, command: list[str]) -> TrainingStatus:
     files.root.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(files.train_output, "a", encoding="utf-8") as output:
-        output.write(f"\n=== {_now()} started: {' '.join(command)}\n")
+        output.write(f"\n=== {_now()} started: {shlex.join(command)}\n")
         output.flush()
         process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,

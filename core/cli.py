@@ -31,7 +31,7 @@ OPTION_OF_FIELD = {field: option for option, field in FIELD_OF_OPTION.items()}
 FIELDS_WITHOUT_OPTION = frozenset({"image_folder", "momentum", "eps", "standard_stem"})
 
 
-# What an interrupted command leaves, by command.
+# Advice after Ctrl-C, by command: what the interrupted command left.
 _INTERRUPTED_ADVICE = {
     "label": "The last checkpoint is kept; run the same command again to resume.",
     "train": "The last checkpoint is kept; run the same command again to resume.",
@@ -257,7 +257,8 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 def _run_append(args: argparse.Namespace) -> None:
     if args.folder is None:
-        raise ValueError("--append needs the FOLDER of new images: python -m core assign RUN FOLDER --append")
+        command = core_command("assign", args.run, "FOLDER", "--append")
+        raise ValueError(f"--append needs the FOLDER of new images: {command}")
     if args.csv is not None:
         raise ValueError("--append adds rows to RUN/labels.csv; drop --csv")
     jobs.append(args.run, args.folder, args.device, args.workers)

@@ -472,7 +472,7 @@ def recommend_head(
     elif stats["refinement_drop"] > 0:
         why = "nesting drops most after it"
     else:
-        why = "nesting drops after no head, and rises least after it"
+        why = "nesting drops after no head, and changes least after it"
     reason = (
         f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because {why}: "
         f"{finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}. "

@@ -25,7 +25,7 @@ from core.run_files import RunFiles
 from core.setup import resolve_batch_size, resolve_config, resolve_device, write_skipped
 from core.train import Trainer, TrainingState, build_initial_model
 from data.cache import ImageCache, build_cache
-from data.scan import is_run_folder, no_images_message, scan_folder
+from data.scan import no_images_message, scan_folder
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ def assign(
     csv_path = Path(csv_path) if csv_path is not None else files.labels
     writes_run_labels = csv_path.resolve() == files.labels.resolve()
     if writes_run_labels:
-        embeddings_path, skipped_path = files.embeddings, files.skipped
+        # Writing through a link to RUN/labels.csv would replace the link, not the run's file.
+        csv_path, embeddings_path, skipped_path = files.labels, files.embeddings, files.skipped
     else:
         embeddings_path = csv_path.with_name(csv_path.stem + ".embeddings.npy")
         skipped_path = csv_path.with_name(csv_path.stem + ".skipped.csv")
@@ -211,10 +212,10 @@ def assign(
         raise ValueError(no_images_message(root))
     distributed.check_same_list(paths, f"list of image files in {root}")
     workers = config.workers if workers is None else workers
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     result = assign_folder(model, root, paths, config.image_size, config.row_tau, embeddings_path, device, workers)
     if result is None:
         return None
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     write_labels_csv(csv_path, result.paths, result.classes, result.confidences, config.class_counts)
     write_skipped(skipped_path, result.skipped)
     logger.info("Wrote %d labels to %s (files skipped: %d)", len(result.paths), csv_path, len(result.skipped))
@@ -229,7 +230,7 @@ def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles)
     ``outputs`` (the CSV and the files beside it) would replace a file of this run or of a run
     folder that contains the CSV."""
     if csv_path.is_dir():
-        raise ValueError(f"--csv {csv_path} is a folder. Give a file name, for example {csv_path / 'labels.csv'}.")
+        raise ValueError(f"--csv {csv_path} is a folder. Give a file name, for example {csv_path / 'new_labels.csv'}.")
     blocking = next((parent for parent in csv_path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"--csv {csv_path} is inside {blocking}, which is a file. Give a path in a folder.")
@@ -237,7 +238,7 @@ def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles)
     if folder is not None:
         raise ValueError(f"--csv {csv_path} would write {folder}, which is a folder. Choose another name for the CSV.")
 
-    runs = [files, *(RunFiles(parent) for parent in csv_path.resolve().parents if is_run_folder(parent))]
+    runs = [files, *(RunFiles(parent) for parent in csv_path.resolve().parents if _contains_run(RunFiles(parent)))]
     for run in runs:
         owned = run.owned_paths()
         for path in outputs:
@@ -247,6 +248,12 @@ def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles)
                     f"--csv {csv_path} would write {path}, which belongs to the run {run.root}. "
                     "Choose another name or folder for the CSV."
                 )
+
+
+def _contains_run(files: RunFiles) -> bool:
+    """Return whether ``files.root`` contains a run's settings and its checkpoint, log or labels."""
+    companions = (files.checkpoint, files.log, files.labels)
+    return files.config.is_file() and any(path.is_file() for path in companions)
 
 
 def _warn_dropped_appended_rows(run_dir: Path) -> None:

@@ -50,11 +50,6 @@ def scan_folder(root: Path) -> list[str]:
     return found
 
 
-def is_run_folder(folder: Path) -> bool:
-    """Return whether ``folder`` holds every file of ``RUN_FOLDER_MARKERS``, as a run folder of this tool does."""
-    return all((folder / name).is_file() for name in RUN_FOLDER_MARKERS)
-
-
 def contains_image_files(root: Path) -> bool:
     """Return whether ``scan_folder(root)`` would find at least one file, stopping at the first."""
     check_image_folder(root)

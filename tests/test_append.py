@@ -162,6 +162,40 @@ def test_assign_csv_rejects_folder_in_place_of_its_embeddings(run, second_folder
     assert not (tmp_path / "photos.embeddings.partial.npy").exists()
 
 
+def test_assign_csv_link_to_run_labels_writes_the_run_file(run, tmp_path):
+    files = RunFiles(run)
+    link = tmp_path / "run_labels.csv"
+    link.symlink_to(files.labels)
+    files.labels.write_text(files.labels.read_text(encoding="utf-8") + "stale.jpg,0,0.5,0,0.5,0,0.5\n",
+                            encoding="utf-8")
+
+    assign(run, None, link, "cpu", 0)
+
+    assert link.is_symlink()
+    rows = len(read_labels_csv(files.labels).paths)
+    assert rows == 16
+    assert np.load(files.embeddings).shape[0] == rows
+
+
+def test_assign_csv_into_new_folder(run, second_folder, tmp_path):
+    target = tmp_path / "brand" / "new" / "photos.csv"
+
+    result = assign(run, second_folder, target, "cpu", 0)
+
+    assert len(read_labels_csv(target).paths) == len(result.paths) == 10
+    assert np.load(target.with_name("photos.embeddings.npy")).shape == (10, 128)
+
+
+def test_assign_csv_protects_run_without_log(run, second_folder, tmp_path):
+    shared = tmp_path / "shared_model"
+    shared.mkdir()
+    for name in ("config.json", "checkpoint.pt", "labels.csv"):
+        shutil.copy(run / name, shared / name)
+
+    with pytest.raises(ValueError, match=f"which belongs to the run {shared}"):
+        assign(run, second_folder, shared / "labels.csv", "cpu", 0)
+
+
 def test_assign_csv_new_name_in_run_folder(run, second_folder):
     embeddings_before = RunFiles(run).embeddings.read_bytes()
 
@@ -215,6 +249,28 @@ def test_append_own_folder_adds_only_new_files(run):
     assert len(result.duplicates) == 16
     assert read_labels_csv(RunFiles(run).labels).paths[-2:] == result.added
     assert read_appended_folders(run) == []
+
+
+def test_append_records_linked_folder_outside_image_folder(run, second_folder):
+    image_root = Path(TrainConfig.load(RunFiles(run).config).image_folder)
+    (image_root / "linked").symlink_to(second_folder, target_is_directory=True)
+
+    result = append_to_run(run, image_root / "linked", device_name="cpu", workers=0)
+
+    assert len(result.added) == 10
+    assert read_appended_folders(run) == [second_folder.resolve()]
+
+
+def test_interrupted_append_leaves_no_scratch_files(run, second_folder, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("core.assign.normalize", interrupt)
+    before = sorted(path.name for path in run.iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        append_to_run(run, second_folder, device_name="cpu", workers=0)
+
+    assert sorted(path.name for path in run.iterdir() if path.name != "appended_folders.json") == before
 
 
 def test_append_records_folder_before_rows(run, second_folder, monkeypatch):

@@ -310,7 +310,7 @@ def test_recommend_head_says_when_nesting_only_rises():
     recommendation = recommend_head(heads, NAMES, COUNTS)
 
     assert recommendation.head == "k5"
-    assert "because nesting drops after no head, and rises least after it" in recommendation.reason
+    assert "because nesting drops after no head, and changes least after it" in recommendation.reason
 
 
 def test_recommend_head_weak_nesting_warns():
