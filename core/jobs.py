@@ -6,10 +6,15 @@ raise ``ValueError`` with a message for the user when the input is unusable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import secrets
 import shlex
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from core import distributed
@@ -143,14 +148,45 @@ def assign_training_images(run_dir: Path, cache: ImageCache, device_name: str = 
     files = RunFiles(run_dir)
     device = distributed.local_device(resolve_device(device_name))
     model, config = load_trained_model(run_dir, device)
-    result = assign_cache(model, cache, config.row_tau, files.embeddings, device)
+    result = _assign_and_write(
+        lambda scratch: assign_cache(model, cache, config.row_tau, scratch, device),
+        files.labels, files.embeddings, config.class_counts,
+    )
     if result is None:
         return None
-    write_labels_csv(files.labels, result.paths, result.classes, result.confidences, config.class_counts)
     logger.info("Wrote %d labels to %s", len(result.paths), files.labels)
     _warn_dropped_appended_rows(run_dir)
     write_run_diagnostics(run_dir)
     return result
+
+
+def _assign_and_write(
+    assign_into: Callable[[Path], Assignment | None], csv_path: Path, embeddings_path: Path,
+    class_counts: Sequence[int],
+) -> Assignment | None:
+    """Run ``assign_into`` on a scratch embeddings file, write the labels beside ``csv_path``, then
+    rename both into place one right after the other.
+
+    So an interruption leaves the embeddings and the CSV both old or both new,
+    except in the moment between the two renames. Returns None on processes
+    other than the main one, which write nothing.
+    """
+    token = secrets.token_hex(4)
+    embeddings_scratch = embeddings_path.with_name(f".{embeddings_path.stem}.{token}.npy")
+    labels_scratch = csv_path.with_name(f".{csv_path.stem}.{token}.csv")
+    try:
+        result = assign_into(embeddings_scratch)
+        if result is None:
+            return None
+        write_labels_csv(labels_scratch, result.paths, result.classes, result.confidences, class_counts)
+        # Drop the memory map of the scratch file before renaming it (Windows cannot rename a mapped file).
+        result = dataclasses.replace(result, embeddings=np.empty((0, 0), dtype=np.float32))
+        os.replace(embeddings_scratch, embeddings_path)
+        os.replace(labels_scratch, csv_path)
+    finally:
+        embeddings_scratch.unlink(missing_ok=True)
+        labels_scratch.unlink(missing_ok=True)
+    return dataclasses.replace(result, embeddings=np.load(embeddings_path, mmap_mode="r"))
 
 
 def write_run_diagnostics(run_dir: Path) -> None:
@@ -213,10 +249,12 @@ def assign(
     distributed.check_same_list(paths, f"list of image files in {root}")
     workers = config.workers if workers is None else workers
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    result = assign_folder(model, root, paths, config.image_size, config.row_tau, embeddings_path, device, workers)
+    result = _assign_and_write(
+        lambda scratch: assign_folder(model, root, paths, config.image_size, config.row_tau, scratch, device, workers),
+        csv_path, embeddings_path, config.class_counts,
+    )
     if result is None:
         return None
-    write_labels_csv(csv_path, result.paths, result.classes, result.confidences, config.class_counts)
     write_skipped(skipped_path, result.skipped)
     logger.info("Wrote %d labels to %s (files skipped: %d)", len(result.paths), csv_path, len(result.skipped))
     if writes_run_labels:
@@ -231,9 +269,13 @@ def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles)
     folder that contains the CSV."""
     if csv_path.is_dir():
         raise ValueError(f"--csv {csv_path} is a folder. Give a file name, for example {csv_path / 'new_labels.csv'}.")
-    blocking = next((parent for parent in csv_path.parents if parent.exists() and not parent.is_dir()), None)
+    # lexists, because a broken link is no folder either.
+    blocking = next((parent for parent in csv_path.parents if os.path.lexists(parent) and not parent.is_dir()), None)
     if blocking is not None:
-        raise ValueError(f"--csv {csv_path} is inside {blocking}, which is a file. Give a path in a folder.")
+        raise ValueError(
+            f"--csv {csv_path} is inside {blocking}, which is a file or a broken link, not a folder. "
+            "Give a path in a folder."
+        )
     folder = next((path for path in outputs if path.is_dir()), None)
     if folder is not None:
         raise ValueError(f"--csv {csv_path} would write {folder}, which is a folder. Choose another name for the CSV.")

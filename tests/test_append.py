@@ -196,6 +196,23 @@ def test_assign_csv_protects_run_without_log(run, second_folder, tmp_path):
         assign(run, second_folder, shared / "labels.csv", "cpu", 0)
 
 
+def test_interrupted_assign_leaves_run_files_matching(run, monkeypatch):
+    files = RunFiles(run)
+    image_root = Path(TrainConfig.load(files.config).image_folder)
+    shutil.copy(DEMO / "ship" / "0000.jpg", image_root / "extra.jpg")
+    before = {path: path.read_bytes() for path in (files.labels, files.embeddings)}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("core.jobs.write_labels_csv", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        assign(run, None, None, "cpu", 0)
+
+    assert {path: path.read_bytes() for path in before} == before
+    assert [path.name for path in run.iterdir() if path.name.startswith(".") and path.name != ".lock"] == []
+
+
 def test_assign_csv_new_name_in_run_folder(run, second_folder):
     embeddings_before = RunFiles(run).embeddings.read_bytes()
 
@@ -212,8 +229,13 @@ def test_assign_csv_folder_or_under_file_is_rejected(run, second_folder, tmp_pat
 
     blocker = tmp_path / "notes.txt"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match=f"is inside {blocker}, which is a file"):
+    with pytest.raises(ValueError, match=f"is inside {blocker}, which is a file or a broken link"):
         assign(run, second_folder, blocker / "labels.csv", "cpu", 0)
+
+    broken = tmp_path / "gone"
+    broken.symlink_to(tmp_path / "missing", target_is_directory=True)
+    with pytest.raises(ValueError, match=f"is inside {broken}, which is a file or a broken link"):
+        assign(run, second_folder, broken / "labels.csv", "cpu", 0)
 
 
 def test_append_twice_adds_nothing(run, second_folder):
