@@ -179,7 +179,7 @@ def _assign_and_write(
         if result is None:
             return None
         write_labels_csv(labels_scratch, result.paths, result.classes, result.confidences, class_counts)
-        # Drop the memory map of the scratch file before renaming it (Windows cannot rename a mapped file).
+        # Drop the memory map of the scratch file before renaming it, since Windows may refuse to rename a mapped file.
         result = dataclasses.replace(result, embeddings=np.empty((0, 0), dtype=np.float32))
         os.replace(embeddings_scratch, embeddings_path)
         os.replace(labels_scratch, csv_path)
