@@ -2,6 +2,7 @@ import dataclasses
 import fcntl
 import os
 import re
+import runpy
 import sys
 from pathlib import Path
 
@@ -138,3 +139,23 @@ def test_interrupted_assign_gives_its_own_advice(tmp_path, monkeypatch, capsys):
     errors = capsys.readouterr().err
     assert "Interrupted. Files are replaced only once complete" in errors
     assert "checkpoint" not in errors
+
+
+class _InterruptingFinder:
+    """Import hook that raises KeyboardInterrupt for core.cli, as a Ctrl-C during start-up would."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "core.cli":
+            raise KeyboardInterrupt
+        return None
+
+
+def test_interrupt_while_starting_exits_quietly(monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "core.cli")
+    monkeypatch.setattr(sys, "meta_path", [_InterruptingFinder(), *sys.meta_path])
+
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("core", run_name="__main__")
+
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "Interrupted while starting; nothing was done.\n"
