@@ -127,7 +127,8 @@ def append_to_run(
         skipped = [SkippedFile(stored_of[item.path], item.reason) for item in result.skipped]
         if added:
             # Recorded first, so that an interruption between the two cannot leave rows whose folder is unlisted.
-            _record_folder(files, Path(folder), image_root)
+            for listed in [Path(folder), *_linked_targets(Path(folder), result.paths)]:
+                _record_folder(files, listed, image_root)
             _write_rows(files, table, added, result)
     finally:
         scratch.unlink(missing_ok=True)
@@ -166,6 +167,16 @@ def select_new_images(
         new_paths.append(path)
         stored.append(label_path)
     return new_paths, stored, duplicates
+
+
+def _linked_targets(folder: Path, rel_paths: list[str]) -> list[Path]:
+    """Return the real folders of the images under ``folder`` that symbolic links lead out of it,
+    so that the app, which compares real paths, may show them."""
+    real_folder = folder.resolve()
+    targets = {(folder / path).resolve().parent for path in rel_paths}
+    outside = sorted(target for target in targets if not target.is_relative_to(real_folder))
+    return [target for target in outside if not any(target.is_relative_to(other) and target != other
+                                                    for other in outside)]
 
 
 def _record_folder(files: RunFiles, folder: Path, image_root: Path) -> None:

@@ -18,6 +18,7 @@ from core.jobs import append as jobs_append
 from core.jobs import assign
 from core.labels_csv import read_labels_csv
 from core.run_files import RunFiles
+from core.thumbnails import resolve_image_path
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--classes", "3", "5", "--image-size", "32", "--workers", "0",
         "--hidden-dim", "32"]
@@ -281,6 +282,19 @@ def test_append_records_linked_folder_outside_image_folder(run, second_folder):
 
     assert len(result.added) == 10
     assert read_appended_folders(run) == [second_folder.resolve()]
+
+
+def test_append_records_targets_of_links_inside_folder(run, second_folder, tmp_path):
+    outside = _copy_images(tmp_path / "elsewhere", ["frog"], per_class=3)
+    (second_folder / "cat" / "more").symlink_to(outside / "frog", target_is_directory=True)
+
+    result = append_to_run(run, second_folder, device_name="cpu", workers=0)
+
+    assert len(result.added) == 13
+    assert read_appended_folders(run) == [second_folder.resolve(), (outside / "frog").resolve()]
+    image_root = Path(TrainConfig.load(RunFiles(run).config).image_folder)
+    for path in result.added:
+        resolve_image_path(image_root, path, extra_folders=read_appended_folders(run))
 
 
 def test_interrupted_append_leaves_no_scratch_files(run, second_folder, monkeypatch):
