@@ -297,6 +297,22 @@ def test_append_records_targets_of_links_inside_folder(run, second_folder, tmp_p
         resolve_image_path(image_root, path, extra_folders=read_appended_folders(run))
 
 
+def test_appending_link_target_lets_app_show_linked_images(run, tmp_path):
+    files = RunFiles(run)
+    image_root = Path(TrainConfig.load(files.config).image_folder)
+    outside = _copy_images(tmp_path / "elsewhere", ["frog"], per_class=3)
+    (image_root / "linked").symlink_to(outside / "frog", target_is_directory=True)
+    assign(run, None, None, "cpu", 0)
+    linked = [path for path in read_labels_csv(files.labels).paths if path.startswith("linked/")]
+    assert len(linked) == 3
+
+    result = append_to_run(run, outside / "frog", device_name="cpu", workers=0)
+
+    assert result.added == []
+    for path in linked:
+        resolve_image_path(image_root, path, extra_folders=read_appended_folders(run))
+
+
 def test_interrupted_append_leaves_no_scratch_files(run, second_folder, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
