@@ -174,9 +174,12 @@ def _linked_targets(folder: Path, rel_paths: list[str]) -> list[Path]:
     so that the app, which compares real paths, may show them."""
     real_folder = folder.resolve()
     targets = {(folder / path).resolve().parent for path in rel_paths}
-    outside = sorted(target for target in targets if not target.is_relative_to(real_folder))
-    return [target for target in outside if not any(target.is_relative_to(other) and target != other
-                                                    for other in outside)]
+    # Sorted, a folder comes before the folders inside it, so only the outermost ones are kept.
+    kept: list[Path] = []
+    for target in sorted(target for target in targets if not target.is_relative_to(real_folder)):
+        if not any(target.is_relative_to(parent) for parent in kept):
+            kept.append(target)
+    return kept
 
 
 def _record_folder(files: RunFiles, folder: Path, image_root: Path) -> None:

@@ -467,14 +467,14 @@ def recommend_head(
     else:
         compared = f"{after:.2f} assumed for {finer}, the largest head, which no larger head checks"
     if len(checked) == 1:
-        why = (f"it is the only head that uses at least {1 - MAX_UNUSED_SHARE:.0%} of its classes and has a "
+        basis = (f"it is the only head that uses at least {1 - MAX_UNUSED_SHARE:.0%} of its classes and has a "
                "larger head to check it")
     elif stats["refinement_drop"] > 0:
-        why = "nesting drops most after it"
+        basis = "nesting drops most after it"
     else:
-        why = "nesting drops after no head, and changes least after it"
+        basis = "nesting drops after no head, and changes least after it"
     reason = (
-        f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because {why}: "
+        f"No head has lambda {MIN_REFINEMENT_LAMBDA} or more, so {best} is recommended because {basis}: "
         f"{finer} nests into it with lambda {stats['refinement_lambda']:.2f}, against {compared}. "
         + _lambda_meaning(stats["refinement_lambda"], best, finer)
     )

@@ -280,8 +280,8 @@ def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles)
     if folder is not None:
         raise ValueError(f"--csv {csv_path} would write {folder}, which is a folder. Choose another name for the CSV.")
 
-    runs = [files, *(RunFiles(parent) for parent in csv_path.resolve().parents if _contains_run(RunFiles(parent)))]
-    for run in runs:
+    enclosing = (RunFiles(parent) for parent in csv_path.resolve().parents)
+    for run in [files, *(run for run in enclosing if _contains_run(run))]:
         owned = run.owned_paths()
         for path in outputs:
             resolved = path.resolve()
@@ -293,7 +293,11 @@ def check_csv_target(csv_path: Path, outputs: tuple[Path, ...], files: RunFiles)
 
 
 def _contains_run(files: RunFiles) -> bool:
-    """Return whether ``files.root`` contains a run's settings and its checkpoint, log or labels."""
+    """Return whether ``files.root`` contains a run's settings and its checkpoint, log or labels.
+
+    Broader than the scan's test (``data.scan.RUN_FOLDER_MARKERS``) on purpose: a wrong
+    match here only rejects a CSV path, while there it would drop images.
+    """
     companions = (files.checkpoint, files.log, files.labels)
     return files.config.is_file() and any(path.is_file() for path in companions)
 

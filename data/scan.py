@@ -14,9 +14,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".heic", ".heif"}
 )
 
-# Files that every run folder holds (core.run_files names them). A sub-folder
-# holding both is a run, whose thumbnails must not be taken for images, so
-# that --out may lie inside the image folder.
+# Files that every run folder contains (core.run_files names them). A sub-folder
+# that contains both is a run, whose thumbnails must not be taken for images,
+# so that --out may lie inside the image folder.
 RUN_FOLDER_MARKERS: frozenset[str] = frozenset({"config.json", "run.log"})
 
 
@@ -24,7 +24,7 @@ def scan_folder(root: Path) -> list[str]:
     """Find every image file under ``root``, following symlinked folders.
 
     Hidden files and folders (names starting with "."), run folders of this tool
-    (sub-folders holding every name in ``RUN_FOLDER_MARKERS``) and files whose suffix is not in
+    (sub-folders containing every name in ``RUN_FOLDER_MARKERS``) and files whose suffix is not in
     ``IMAGE_EXTENSIONS`` (compared case-insensitively) are ignored. Broken symlinks with
     an image suffix are listed, so that decoding reports them as skipped. Each real
     folder is listed once. Folders reached through their own path

@@ -154,7 +154,7 @@ def test_assign_csv_never_replaces_another_runs_files(run, second_folder, tmp_pa
     assert RunFiles(other).labels.read_bytes() == before
 
 
-def test_assign_csv_rejects_folder_in_place_of_its_embeddings(run, second_folder, tmp_path):
+def test_assign_csv_companion_folder_rejected(run, second_folder, tmp_path):
     (tmp_path / "photos.embeddings.npy").mkdir()
 
     with pytest.raises(ValueError, match="photos.embeddings.npy, which is a folder"):
@@ -163,7 +163,7 @@ def test_assign_csv_rejects_folder_in_place_of_its_embeddings(run, second_folder
     assert not (tmp_path / "photos.embeddings.partial.npy").exists()
 
 
-def test_assign_csv_link_to_run_labels_writes_the_run_file(run, tmp_path):
+def test_assign_csv_link_to_run_labels(run, tmp_path):
     files = RunFiles(run)
     link = tmp_path / "run_labels.csv"
     link.symlink_to(files.labels)

@@ -292,7 +292,7 @@ def test_recommend_head_names_assumed_lambda_of_largest():
     assert "against 0.80 assumed for k6, the largest head, which no larger head checks" in recommendation.reason
 
 
-def test_recommend_head_says_when_it_is_the_only_checked_head():
+def test_recommend_head_only_checked_head():
     names = ["k10", "k20", "k40"]
     usable = {"k10": True, "k20": False, "k40": True}
     heads = _rule_heads({"k10": 0.44, "k20": 0.59, "k40": None}, usable)
