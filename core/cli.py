@@ -87,7 +87,8 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
     add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
     add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")
     add("--hidden-dim", type=int,
-        help="width of the projection MLP's hidden layers (default: twice the backbone's feature size)")
+        help="width of the projection MLP's hidden layers "
+             "(default: twice the backbone's feature size; 1024 for patch-kmeans)")
     add("--hidden-layers", type=int, help="hidden layers in the projection MLP (default: 2)")
     add("--sync-batchnorm", action="store_true", default=None,
         help="synchronise BatchNorm statistics across processes in distributed training (CUDA only)")

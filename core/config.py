@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.names import BACKBONES
+from models.names import BACKBONES, FITTED_BACKBONES
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -116,12 +116,20 @@ class TrainConfig:
         _check("", not (self.freeze_backbone and self.finetune),
                "--freeze-backbone keeps the backbone fixed and --finetune trains it; pass only one")
         _check("", not self.finetune or bool(self.init), "--finetune needs starting weights; pass --init too")
-        _check("", not self.freeze_backbone or bool(self.init),
+        _check("backbone", self.backbone not in FITTED_BACKBONES or not (self.init or self.finetune),
+               f"--backbone {self.backbone} is fitted to the images, so it takes no --init or --finetune; "
+               "drop those options or choose a ResNet")
+        _check("", not self.freeze_backbone or bool(self.init) or self.backbone in FITTED_BACKBONES,
                "--freeze-backbone keeps a random backbone without starting weights; pass --init too")
 
     @property
     def primary_classes(self) -> int:
         return self.class_counts[0]
+
+    @property
+    def trains_heads_only(self) -> bool:
+        """Whether training leaves the backbone fixed and trains the projection and heads on cached features."""
+        return self.freeze_backbone or self.backbone in FITTED_BACKBONES
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

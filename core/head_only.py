@@ -477,13 +477,15 @@ def train_head_only(
     device: torch.device,
     num_views: int = DEFAULT_VIEWS,
     base_lr: float = HEAD_ONLY_BASE_LR,
+    augment: AugmentConfig | None = None,
 ) -> TrainingState:
     """Compute or reuse the cached features, train the projection and heads, and save checkpoint.pt.
 
     ``model`` contains the initial weights (for example from ``models.weights``)
     and is trained in place on the plain image and ``num_views`` augmented
     views of every image of ``cache``, with peak learning rate ``base_lr``
-    for a batch of 256. The checkpoint has the ``model``, ``training``
+    for a batch of 256, with views made by ``augment`` (None:
+    ``head_only_augment``). The checkpoint has the ``model``, ``training``
     and ``config`` entries of ``core.train.Trainer``'s checkpoints, so
     ``core.assign.load_trained_model`` reads it, but no optimizer state.
 
@@ -491,7 +493,8 @@ def train_head_only(
     NOTE: an interrupted head-only run starts training over, reusing its
     cached features; training is the short part of the run.
     """
-    _warn_unused_augment_options(config)
+    if augment is None:
+        _warn_unused_augment_options(config)
     files = RunFiles(Path(run_dir))
     if files.checkpoint.exists():
         state = TrainingState(**load_checkpoint(files.checkpoint)["training"])
@@ -503,7 +506,7 @@ def train_head_only(
 
     torch.manual_seed(config.seed)
     model.to(device)
-    features = load_or_compute_features(run_dir, model.backbone, cache, num_views, device, config.seed)
+    features = load_or_compute_features(run_dir, model.backbone, cache, num_views, device, config.seed, augment)
     logger.info(
         "Training the projection and the heads of %s classes on %d images x %d cached views; the backbone "
         "is frozen", model.class_counts, features.shape[1], features.shape[0],

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from core.setup import resolve_batch_size, resolve_config, resolve_device, write
 from core.train import Trainer, TrainingState, build_initial_model
 from data.cache import ImageCache, build_cache
 from data.scan import no_images_message, scan_folder
+from data.transforms import multicrop_config
+from models.names import FITTED_BACKBONES
 
 logger = logging.getLogger(__name__)
 
@@ -124,19 +127,42 @@ def train(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, ImageCache, 
         "Training %s at %d px on %s: %d images, batch %d, heads %s",
         config.backbone, config.image_size, device, len(cache), batch_size, list(config.class_counts),
     )
-    if config.freeze_backbone:
+    if config.trains_heads_only:
         return config, cache, _train_head_only(config, cache, run_dir, device)
     state = Trainer(config, cache, run_dir, local_batch, device).fit()
     return config, cache, state
 
 
 def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, device: torch.device) -> TrainingState:
-    """Train the projection and heads on cached backbone features, in one process."""
+    """Train the projection and heads on cached backbone features, in one process.
+
+    A fitted backbone (patch-kmeans) is fitted to the images first, unless the
+    run's checkpoint already holds it, and its views get the full training
+    augmentation: unlike a frozen ResNet's, its features gain from colour changes.
+    """
+    option = "--freeze-backbone" if config.freeze_backbone else f"--backbone {config.backbone}"
     if distributed.world_size() > 1:
-        raise ValueError("--freeze-backbone trains in one process; start it with python -m core, not torchrun")
+        raise ValueError(f"{option} trains in one process; start it with python -m core, not torchrun")
+    if config.local_crops > 0:
+        logger.warning("%s trains on cached global views only, so --local-crops %d has no effect",
+                       option, config.local_crops)
     torch.manual_seed(config.seed)
-    model = build_initial_model(config, load_init=not RunFiles(run_dir).checkpoint.exists())
-    return train_head_only(config, cache, run_dir, model, device, config.head_views, config.head_lr)
+    trained = RunFiles(run_dir).checkpoint.exists()
+    model = build_initial_model(config, load_init=not trained)
+    augment = None
+    if config.backbone in FITTED_BACKBONES:
+        augment = multicrop_config(config.image_size, color_strength=config.color_strength,
+                                   min_crop_scale=config.min_crop_scale)
+        if not trained:
+            fit_backbone(model.backbone, cache, config.seed)
+    return train_head_only(config, cache, run_dir, model, device, config.head_views, config.head_lr, augment)
+
+
+def fit_backbone(backbone: torch.nn.Module, cache: ImageCache, seed: int) -> None:
+    """Fit a fitted backbone (patch-kmeans) to the decoded images, logging how long it took."""
+    started = time.perf_counter()
+    backbone.fit(cache.images, seed)
+    logger.info("Fitted the patch dictionary to %d images in %.1f s", len(cache), time.perf_counter() - started)
 
 
 def assign_training_images(run_dir: Path, cache: ImageCache, device_name: str = "auto") -> Assignment | None:

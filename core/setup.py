@@ -16,7 +16,7 @@ from core.precision import resolve_precision
 from data.cache import SkippedFile
 from data.images import read_image_size
 from data.scan import printable_path
-from models.backbones import backbone_feature_dim
+from models.backbones import default_hidden_dim
 from models.weights import IMAGENET, describe_weights, read_weights
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def resolve_config(config: TrainConfig, root: Path, paths: Sequence[str]) -> Tra
     image_size = config.image_size or auto_image_size(root, paths, MAX_AUTO_IMAGE_SIZE[device])
     local_size = config.local_size or max(16, _round_to(image_size * 96 / 224, 8))
     workers = config.workers if config.workers >= 0 else min(8, os.cpu_count() or 1)
-    hidden_dim = config.hidden_dim or 2 * backbone_feature_dim(backbone)
+    hidden_dim = config.hidden_dim or default_hidden_dim(backbone)
     return config.replace(
         backbone=backbone, image_size=image_size, local_size=local_size, workers=workers, hidden_dim=hidden_dim,
         precision=precision,

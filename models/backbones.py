@@ -10,6 +10,9 @@ first stage sees the image at half its resolution.
 32-64-128-256) built from torchvision's ``BasicBlock``; it trains about ten
 times faster than ResNet-18 on a CPU. ``resnet10t`` halves every width
 (16-32-64-128) and trains about three times faster again.
+
+``patch-kmeans`` is not a network trained by gradient descent but one layer
+of features fitted to the images by k-means (``models.patch_kmeans``).
 """
 
 from __future__ import annotations
@@ -21,18 +24,32 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from models.names import BACKBONES, NARROW_RESNETS
+from models.names import BACKBONES, NARROW_RESNETS, PATCH_KMEANS
+from models.patch_kmeans import FEATURE_DIM as PATCH_FEATURE_DIM
+from models.patch_kmeans import PatchKMeans
 
 logger = logging.getLogger(__name__)
 
 SMALL_IMAGE_MAX_SIZE = 64
+PATCH_HIDDEN_DIM = 1024
 
 
 def backbone_feature_dim(name: str) -> int:
     """Return the feature dimension of a backbone without building it."""
     if name in NARROW_RESNETS:
         return NARROW_RESNETS[name][-1]
+    if name == PATCH_KMEANS:
+        return PATCH_FEATURE_DIM
     return 512 if name in ("resnet18", "resnet34") else 2048
+
+
+def default_hidden_dim(name: str) -> int:
+    """Return the projection MLP's default width for a backbone: twice its feature size, 1024 for patch-kmeans.
+
+    Patch-kmeans has 1,600 features, and a 3,200-wide MLP would make its
+    head-only epochs about four times longer.
+    """
+    return PATCH_HIDDEN_DIM if name == PATCH_KMEANS else 2 * backbone_feature_dim(name)
 
 
 def build_backbone(
@@ -60,6 +77,10 @@ def build_backbone(
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     small_stem = image_size <= SMALL_IMAGE_MAX_SIZE and not standard_stem
 
+    if name == PATCH_KMEANS:
+        if weights is not None:
+            raise ValueError(f"backbone {name!r} is fitted to the images and has no pretrained weights")
+        return PatchKMeans(), PATCH_FEATURE_DIM
     if name in NARROW_RESNETS:
         if weights is not None:
             raise ValueError(f"backbone {name!r} has no pretrained weights; choose a torchvision ResNet")
