@@ -137,7 +137,7 @@ def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, devi
     """Train the projection and heads on cached backbone features, in one process.
 
     A fitted backbone (patch-kmeans) is fitted to the images first, unless the
-    run's checkpoint already holds it, and its views get the full training
+    run's checkpoint already contains it, and its views get the full training
     augmentation: unlike a frozen ResNet's, its features gain from colour changes.
     """
     option = "--freeze-backbone" if config.freeze_backbone else f"--backbone {config.backbone}"
@@ -159,7 +159,7 @@ def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, devi
 
 
 def fit_backbone(backbone: torch.nn.Module, cache: ImageCache, seed: int) -> None:
-    """Fit a fitted backbone (patch-kmeans) to the decoded images, logging how long it took."""
+    """Fit a backbone that is fitted rather than trained (patch-kmeans) to the decoded images, and log the time."""
     started = time.perf_counter()
     backbone.fit(cache.images, seed)
     logger.info("Fitted the patch dictionary to %d images in %.1f s", len(cache), time.perf_counter() - started)

@@ -46,8 +46,9 @@ def backbone_feature_dim(name: str) -> int:
 def default_hidden_dim(name: str) -> int:
     """Return the projection MLP's default width for a backbone: twice its feature size, 1024 for patch-kmeans.
 
-    Patch-kmeans has 1,600 features, and a 3,200-wide MLP would make its
-    head-only epochs about four times longer.
+    Patch-kmeans has 1,600 features. A 3,200-wide MLP would have 15 million
+    weights against 2.7 million, so its head-only epochs would take several
+    times longer (an estimate from the weight counts, not measured).
     """
     return PATCH_HIDDEN_DIM if name == PATCH_KMEANS else 2 * backbone_feature_dim(name)
 
@@ -79,7 +80,8 @@ def build_backbone(
 
     if name == PATCH_KMEANS:
         if weights is not None:
-            raise ValueError(f"backbone {name!r} is fitted to the images and has no pretrained weights")
+            raise ValueError(f"backbone {name!r} is fitted to the images and has no pretrained weights; "
+                             "choose a ResNet to start from weights")
         return PatchKMeans(), PATCH_FEATURE_DIM
     if name in NARROW_RESNETS:
         if weights is not None:

@@ -11,7 +11,7 @@ TORCHVISION_RESNETS = (
 )
 # Stage widths of the narrow ResNets built in models.backbones.
 NARROW_RESNETS = {"resnet10t": (16, 32, 64, 128), "resnet10n": (32, 64, 128, 256)}
-# Backbones fitted to the images (models.patch_kmeans) rather than trained; only their
+# Backbones fitted to the images (models.patch_kmeans) rather than trained. Only their
 # projection and heads train, on features cached once (core.head_only).
 PATCH_KMEANS = "patch-kmeans"
 FITTED_BACKBONES = (PATCH_KMEANS,)
