@@ -20,6 +20,7 @@ from core.run_lock import RunBusyError, run_lock
 from core.train import TrainingDivergedError
 from data.scan import check_image_folder, contains_image_files, no_images_message
 from models.backbones import BACKBONES
+from models.names import FITTED_BACKBONES
 from models.weights import IMAGENET
 
 logger = logging.getLogger("core")
@@ -39,6 +40,15 @@ _INTERRUPTED_ADVICE = {
               "again to finish. With --append it adds only the images not yet in the run.",
     "evaluate": "Nothing was written; run the same command again.",
 }
+
+
+def _interrupted_advice(args: argparse.Namespace) -> str:
+    """Return what to do after Ctrl-C, for the command and, in training, the kind of run."""
+    head_only = getattr(args, "freeze_backbone", None) or getattr(args, "backbone", None) in FITTED_BACKBONES
+    if args.command in ("label", "train") and head_only:
+        return ("Head-only training does not resume: run the same command again. It reuses the cached "
+                "features if they were complete, and trains the heads again.")
+    return _INTERRUPTED_ADVICE[args.command]
 
 
 def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> None:
@@ -79,10 +89,10 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
         help="scale of the colour jitter: brightness, contrast and saturation change by up to 0.4 * S, 0.4 * S "
              "and 0.2 * S, hue by 0.1 * S turns. Grayscale and solarisation keep DINO's probabilities for any "
              "S above 0, and exactly 0 turns them off with the jitter, for images whose colours tell the classes "
-             "apart. Not used with --freeze-backbone (default: 1, DINO's recipe; at most 2)")
+             "apart. Not used with --freeze-backbone on a ResNet (default: 1, DINO's recipe; at most 2)")
     add("--min-crop-scale", type=float, metavar="FRACTION",
         help="smallest fraction of the image area a global crop covers; raise it when a small crop "
-             "could miss what tells the classes apart. Not used with --freeze-backbone (default: 0.2)")
+             "could miss what tells the classes apart. Not used with --freeze-backbone on a ResNet (default: 0.2)")
     add("--row-tau", type=float, help="temperature of the softmax over classes (default: 0.1)")
     add("--col-tau", type=float, help="temperature of the softmax over the batch (default: 0.05)")
     add("--embedding-dim", type=int, help="dimension of the L2-normalised embedding (default: 128)")
@@ -101,9 +111,11 @@ def _add_training_options(parser: argparse.ArgumentParser, folder_help: str) -> 
         help="train only the projection and the heads, on backbone features computed once with --init's "
              "backbone and cached in RUN/features.npy, so an epoch does not run the backbone")
     add("--head-views", type=int, metavar="N",
-        help="augmented views per image cached for --freeze-backbone, besides the plain image (default: 4)")
+        help="augmented views per image cached for --freeze-backbone and --backbone patch-kmeans, besides the "
+             "plain image (default: 4)")
     add("--head-lr", type=float,
-        help="peak learning rate of --freeze-backbone training per 256 images (default: 5.0)")
+        help="peak learning rate per 256 images of --freeze-backbone and --backbone patch-kmeans training, "
+             "which do not use --lr (default: 5.0)")
     add("--finetune", action="store_true", default=None,
         help="train the whole network from --init, the backbone at 0.1 times the learning rate")
     _add_timeout_option(parser)
@@ -312,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", error)
         return 1
     except KeyboardInterrupt:
-        logger.error("Interrupted. %s", _INTERRUPTED_ADVICE[args.command])
+        logger.error("Interrupted. %s", _interrupted_advice(args))
         return 130
     except RuntimeError as error:
         if distributed.world_size() == 1:

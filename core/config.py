@@ -113,12 +113,12 @@ class TrainConfig:
         _check("head_views", self.head_views >= 2,
                f"head-only training needs at least 2 views per image, got {self.head_views}")
         _check("head_lr", self.head_lr > 0, f"head-only learning rate must be positive, got {self.head_lr}")
-        _check("", not (self.freeze_backbone and self.finetune),
-               "--freeze-backbone keeps the backbone fixed and --finetune trains it; pass only one")
-        _check("", not self.finetune or bool(self.init), "--finetune needs starting weights; pass --init too")
         _check("backbone", self.backbone not in FITTED_BACKBONES or not (self.init or self.finetune),
                f"--backbone {self.backbone} is fitted to the images, so it takes no --init or --finetune; "
                "drop those options or choose a ResNet")
+        _check("", not (self.freeze_backbone and self.finetune),
+               "--freeze-backbone keeps the backbone fixed and --finetune trains it; pass only one")
+        _check("", not self.finetune or bool(self.init), "--finetune needs starting weights; pass --init too")
         _check("", not self.freeze_backbone or bool(self.init) or self.backbone in FITTED_BACKBONES,
                "--freeze-backbone keeps a random backbone without starting weights; pass --init too")
 

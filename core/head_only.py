@@ -499,8 +499,10 @@ def train_head_only(
     if files.checkpoint.exists():
         state = TrainingState(**load_checkpoint(files.checkpoint)["training"])
         if state.finished:
-            logger.info("Head-only training already finished at epoch %d. It does not resume, so to train "
-                        "the heads longer, run it again with a new --out directory.", state.epoch)
+            # A warning when more epochs were asked for, since none will run.
+            log = logger.warning if config.epochs > state.epoch else logger.info
+            log("Head-only training already finished at epoch %d. It does not resume, so to train "
+                "the heads longer, run it again with a new --out directory.", state.epoch)
             return state
     keep_epochs_up_to(files.metrics, 0)
 

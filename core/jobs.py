@@ -143,9 +143,7 @@ def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, devi
     option = "--freeze-backbone" if config.freeze_backbone else f"--backbone {config.backbone}"
     if distributed.world_size() > 1:
         raise ValueError(f"{option} trains in one process; start it with python -m core, not torchrun")
-    if config.local_crops > 0:
-        logger.warning("%s trains on cached global views only, so --local-crops %d has no effect",
-                       option, config.local_crops)
+    _warn_ignored_options(config, option)
     torch.manual_seed(config.seed)
     trained = RunFiles(run_dir).checkpoint.exists()
     model = build_initial_model(config, load_init=not trained)
@@ -156,6 +154,19 @@ def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, devi
         if not trained:
             fit_backbone(model.backbone, cache, config.seed)
     return train_head_only(config, cache, run_dir, model, device, config.head_views, config.head_lr, augment)
+
+
+def _warn_ignored_options(config: TrainConfig, option: str) -> None:
+    """Log a warning for each set option that head-only training does not use."""
+    if config.local_crops > 0:
+        logger.warning("%s trains on cached global views only, so --local-crops %d has no effect",
+                       option, config.local_crops)
+    if config.nn_queue_size > 0:
+        logger.warning("%s pairs views of the same image, so --nn-queue %d has no effect",
+                       option, config.nn_queue_size)
+    if config.base_lr != TrainConfig.base_lr:
+        logger.warning("%s does not use --lr %g; set its learning rate with --head-lr (now %g)",
+                       option, config.base_lr, config.head_lr)
 
 
 def fit_backbone(backbone: torch.nn.Module, cache: ImageCache, seed: int) -> None:

@@ -227,6 +227,12 @@ def test_train_head_only_writes_loadable_checkpoint(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.INFO):
         assert train_head_only(config, _random_cache(8), run, model, CPU, num_views=2).finished
     assert "It does not resume, so to train the heads longer" in caplog.text
+    assert caplog.records[-1].levelno == logging.INFO
+
+    # Asking for more epochs than the run finished gets a warning, since none will run.
+    with caplog.at_level(logging.INFO):
+        train_head_only(config.replace(epochs=3), _random_cache(8), run, model, CPU, num_views=2)
+    assert caplog.records[-1].levelno == logging.WARNING
 
 
 @pytest.mark.parametrize(("changes", "warned"), [({}, False), ({"color_strength": 0.0}, True),

@@ -1,3 +1,6 @@
+import argparse
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -5,9 +8,10 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
 from core.assign import load_trained_model
-from core.cli import main
+from core.cli import _interrupted_advice, main
 from core.config import TrainConfig
 from core.evaluate import evaluate_assignments
+from core.jobs import _warn_ignored_options
 from data.transforms import normalize
 from models import patch_kmeans
 from models.patch_kmeans import CONTRAST_EPS, FEATURE_DIM, NUM_CENTROIDS, PATCH_SIZE, PatchKMeans
@@ -155,3 +159,40 @@ def test_patch_kmeans_rejects_init(demo_folder, tmp_path, capsys):
 
     assert code == 2
     assert "--backbone patch-kmeans is fitted to the images, so it takes no --init" in capsys.readouterr().err
+
+
+def test_patch_kmeans_finetune_names_backbone(demo_folder, tmp_path, capsys):
+    code = main(["train", str(demo_folder), "--out", str(tmp_path / "run"), "--backbone", "patch-kmeans",
+                 "--finetune"])
+
+    assert code == 2
+    assert "--backbone patch-kmeans is fitted to the images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "backbone", "freeze", "resumes"), [
+    ("label", "patch-kmeans", None, False),
+    ("train", "resnet10t", True, False),
+    ("train", "resnet10t", None, True),
+])
+def test_interrupted_advice_by_run_kind(command, backbone, freeze, resumes):
+    args = argparse.Namespace(command=command, backbone=backbone, freeze_backbone=freeze)
+
+    advice = _interrupted_advice(args)
+
+    assert ("The last checkpoint is kept" in advice) == resumes
+    assert ("Head-only training does not resume" in advice) == (not resumes)
+
+
+def test_head_only_warns_of_ignored_options(caplog):
+    config = TrainConfig(image_folder="unused", backbone="patch-kmeans", base_lr=0.05, nn_queue_size=512,
+                         local_crops=2)
+
+    with caplog.at_level(logging.WARNING):
+        _warn_ignored_options(config, "--backbone patch-kmeans")
+        _warn_ignored_options(TrainConfig(image_folder="unused", backbone="patch-kmeans"), "--backbone patch-kmeans")
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 3
+    assert "--local-crops 2 has no effect" in messages[0]
+    assert "--nn-queue 512 has no effect" in messages[1]
+    assert "does not use --lr 0.05; set its learning rate with --head-lr (now 5)" in messages[2]
