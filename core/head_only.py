@@ -95,13 +95,33 @@ def head_only_augment(image_size: int) -> AugmentConfig:
     )
 
 
-def _warn_unused_augment_options(config: TrainConfig) -> None:
-    """Log a warning when the run sets augmentation options that head-only training does not use."""
-    if (config.color_strength, config.min_crop_scale) != (TrainConfig.color_strength, TrainConfig.min_crop_scale):
+def head_only_option(config: TrainConfig) -> str:
+    """Return the option that makes the run head-only, for messages: --freeze-backbone or --backbone NAME."""
+    return "--freeze-backbone" if config.freeze_backbone else f"--backbone {config.backbone}"
+
+
+def _warn_unused_options(config: TrainConfig, uses_augment_options: bool) -> None:
+    """Log a warning for each option the run sets that head-only training does not use.
+
+    ``uses_augment_options`` is False when the views come from ``head_only_augment``,
+    which ignores --color-strength and --min-crop-scale.
+    """
+    option = head_only_option(config)
+    augment_options = (config.color_strength, config.min_crop_scale)
+    if not uses_augment_options and augment_options != (TrainConfig.color_strength, TrainConfig.min_crop_scale):
         logger.warning(
             "--freeze-backbone uses its own views (no colour changes, crops of at least %.0f%% of the image), "
             "so --color-strength and --min-crop-scale have no effect", HEAD_ONLY_MIN_SCALE * 100,
         )
+    if config.local_crops > 0:
+        logger.warning("%s trains on cached global views only, so --local-crops %d has no effect",
+                       option, config.local_crops)
+    if config.nn_queue_size > 0:
+        logger.warning("%s pairs views of the same image, so --nn-queue %d has no effect",
+                       option, config.nn_queue_size)
+    if config.base_lr != TrainConfig.base_lr:
+        logger.warning("%s does not use --lr %g; set its learning rate with --head-lr (now %g)",
+                       option, config.base_lr, config.head_lr)
 
 
 @torch.no_grad()
@@ -493,8 +513,7 @@ def train_head_only(
     NOTE: an interrupted head-only run starts training over, reusing its
     cached features; training is the short part of the run.
     """
-    if augment is None:
-        _warn_unused_augment_options(config)
+    _warn_unused_options(config, uses_augment_options=augment is not None)
     files = RunFiles(Path(run_dir))
     if files.checkpoint.exists():
         state = TrainingState(**load_checkpoint(files.checkpoint)["training"])

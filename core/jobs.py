@@ -25,7 +25,7 @@ from core.assign import Assignment, assign_cache, assign_folder, load_trained_mo
 from core.commands import core_command
 from core.config import AUTOMATIC_VALUES, TrainConfig
 from core.diagnostics import write_diagnostics
-from core.head_only import train_head_only
+from core.head_only import head_only_option, train_head_only
 from core.labels_csv import write_labels_csv
 from core.run_files import RunFiles
 from core.setup import resolve_batch_size, resolve_config, resolve_device, write_skipped
@@ -34,6 +34,7 @@ from data.cache import ImageCache, build_cache
 from data.scan import no_images_message, scan_folder
 from data.transforms import multicrop_config
 from models.names import FITTED_BACKBONES
+from models.patch_kmeans import PatchKMeans
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +137,14 @@ def train(config: TrainConfig, run_dir: Path) -> tuple[TrainConfig, ImageCache, 
 def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, device: torch.device) -> TrainingState:
     """Train the projection and heads on cached backbone features, in one process.
 
-    A fitted backbone (patch-kmeans) is fitted to the images first, unless the
-    run's checkpoint already contains it, and its views get the full training
-    augmentation: unlike a frozen ResNet's, its features gain from colour changes.
+    A patch-kmeans backbone is fitted to the images first, unless the run's
+    checkpoint already contains it. Its views get the full training augmentation,
+    because its features, unlike a frozen ResNet's, gain from colour changes.
     """
-    option = "--freeze-backbone" if config.freeze_backbone else f"--backbone {config.backbone}"
     if distributed.world_size() > 1:
-        raise ValueError(f"{option} trains in one process; start it with python -m core, not torchrun")
-    _warn_ignored_options(config, option)
+        raise ValueError(
+            f"{head_only_option(config)} trains in one process; start it with python -m core, not torchrun"
+        )
     torch.manual_seed(config.seed)
     trained = RunFiles(run_dir).checkpoint.exists()
     model = build_initial_model(config, load_init=not trained)
@@ -152,25 +153,12 @@ def _train_head_only(config: TrainConfig, cache: ImageCache, run_dir: Path, devi
         augment = multicrop_config(config.image_size, color_strength=config.color_strength,
                                    min_crop_scale=config.min_crop_scale)
         if not trained:
-            fit_backbone(model.backbone, cache, config.seed)
+            _fit_backbone(model.backbone, cache, config.seed)
     return train_head_only(config, cache, run_dir, model, device, config.head_views, config.head_lr, augment)
 
 
-def _warn_ignored_options(config: TrainConfig, option: str) -> None:
-    """Log a warning for each set option that head-only training does not use."""
-    if config.local_crops > 0:
-        logger.warning("%s trains on cached global views only, so --local-crops %d has no effect",
-                       option, config.local_crops)
-    if config.nn_queue_size > 0:
-        logger.warning("%s pairs views of the same image, so --nn-queue %d has no effect",
-                       option, config.nn_queue_size)
-    if config.base_lr != TrainConfig.base_lr:
-        logger.warning("%s does not use --lr %g; set its learning rate with --head-lr (now %g)",
-                       option, config.base_lr, config.head_lr)
-
-
-def fit_backbone(backbone: torch.nn.Module, cache: ImageCache, seed: int) -> None:
-    """Fit a backbone that is fitted rather than trained (patch-kmeans) to the decoded images, and log the time."""
+def _fit_backbone(backbone: PatchKMeans, cache: ImageCache, seed: int) -> None:
+    """Fit a patch-kmeans backbone to the decoded images, and log the time it took."""
     started = time.perf_counter()
     backbone.fit(cache.images, seed)
     logger.info("Fitted the patch dictionary to %d images in %.1f s", len(cache), time.perf_counter() - started)

@@ -20,13 +20,12 @@ The features of an image, for a dictionary of ``K`` centroids of
 5. the (4 K,) result is standardised with the mean and standard deviation of
    the plain images of the folder.
 
-Steps 1 and 2 run as one convolution, so a batch costs two convolutions and
-a few element-wise operations.
+Steps 1 and 2 run as three convolutions (patch sums, sums of squares and the
+whitening filters), step 3 as one matrix product and a few element-wise
+operations.
 """
 
 from __future__ import annotations
-
-import logging
 
 import faiss
 import numpy as np
@@ -34,9 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-logger = logging.getLogger(__name__)
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 NUM_CENTROIDS = 400
 PATCH_SIZE = 6
@@ -71,8 +68,9 @@ class PatchKMeans(nn.Module):
         self.register_buffer("centroids", torch.zeros(NUM_CENTROIDS, patch_dim))
         self.register_buffer("feature_mean", torch.zeros(FEATURE_DIM))
         self.register_buffer("feature_std", torch.ones(FEATURE_DIM))
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        # Constants, so not saved with the fitted state.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.feature_dim = FEATURE_DIM
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,7 +143,7 @@ class PatchKMeans(nn.Module):
         total_squares = torch.zeros(FEATURE_DIM, dtype=torch.float64)
         for start in range(0, len(images), FIT_BATCH):
             pixels = torch.from_numpy(np.array(images[start:start + FIT_BATCH])).permute(0, 3, 1, 2)
-            features = self(_to_normalised(pixels)).double()
+            features = self(normalize(pixels.float() / 255)).double()
             total += features.sum(0)
             total_squares += features.square().sum(0)
         mean = total / len(images)
@@ -153,13 +151,6 @@ class PatchKMeans(nn.Module):
         self.feature_mean.copy_(mean.float())
         # Features that never fire keep unit scale rather than a division by zero.
         self.feature_std.copy_(torch.where(variance > 1e-12, variance.sqrt(), torch.ones_like(variance)).float())
-
-
-def _to_normalised(pixels: torch.Tensor) -> torch.Tensor:
-    """(batch, 3, H, W) uint8 to ImageNet-normalised float, as the training views arrive."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (pixels.float() / 255 - mean) / std
 
 
 def _random_patches(images: np.ndarray, count: int, seed: int) -> torch.Tensor:

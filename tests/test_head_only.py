@@ -16,7 +16,7 @@ from core.config import TrainConfig
 from core.evaluate import evaluate_assignments
 from core.head_only import (
     HeadTrainer,
-    _warn_unused_augment_options,
+    _warn_unused_options,
     classify_features,
     compute_view_features,
     load_or_compute_features,
@@ -239,5 +239,5 @@ def test_train_head_only_writes_loadable_checkpoint(tmp_path, monkeypatch, caplo
                                                  ({"min_crop_scale": 0.5}, True)])
 def test_unused_augment_options_warn(caplog, changes, warned):
     with caplog.at_level(logging.WARNING):
-        _warn_unused_augment_options(_config(**changes))
+        _warn_unused_options(_config(**changes), uses_augment_options=False)
     assert ("--color-strength and --min-crop-scale have no effect" in caplog.text) == warned

@@ -11,7 +11,7 @@ from core.assign import load_trained_model
 from core.cli import _interrupted_advice, main
 from core.config import TrainConfig
 from core.evaluate import evaluate_assignments
-from core.jobs import _warn_ignored_options
+from core.head_only import _warn_unused_options
 from data.transforms import normalize
 from models import patch_kmeans
 from models.patch_kmeans import CONTRAST_EPS, FEATURE_DIM, NUM_CENTROIDS, PATCH_SIZE, PatchKMeans
@@ -188,8 +188,8 @@ def test_head_only_warns_of_ignored_options(caplog):
                          local_crops=2)
 
     with caplog.at_level(logging.WARNING):
-        _warn_ignored_options(config, "--backbone patch-kmeans")
-        _warn_ignored_options(TrainConfig(image_folder="unused", backbone="patch-kmeans"), "--backbone patch-kmeans")
+        _warn_unused_options(config, uses_augment_options=True)
+        _warn_unused_options(TrainConfig(image_folder="unused", backbone="patch-kmeans"), uses_augment_options=True)
 
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 3
